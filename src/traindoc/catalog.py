@@ -1,0 +1,325 @@
+"""The catalog of finding ids: what each means, how traindoc proves it, how to fix it.
+
+Ids are a public contract: stable, kebab-case, never reused with another meaning.
+
+    >>> from traindoc.catalog import CATALOG, entry
+    >>> entry("batch-mixing").category
+    'model'
+    >>> all(e.meaning and e.proof and e.fix for e in CATALOG.values())
+    True
+
+`docs/findings.md` is generated from this module (``traindoc catalog --markdown``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Entry:
+    id: str
+    category: str  # data | model | optimization | resources | internal
+    meaning: str
+    proof: str
+    fix: str
+
+
+_ENTRIES = [
+    # ---------------------------------------------------------------- data
+    Entry(
+        "label-out-of-range", "data",
+        "Some targets are outside the classes the model predicts (>= the output width, num_labels "
+        "or vocab size, or negative other than ignore_index). CrossEntropy then reads out of bounds: "
+        "NaN loss on CPU, a device-side assert on CUDA.",
+        "The targets the loss actually receives are compared with the width of the logits it "
+        "receives, respecting its ignore_index; the offending sample indices and values are listed.",
+        "Remap the labels to 0..C-1, or build the head with the right number of classes "
+        "(`num_labels=C` in Hugging Face); mark positions to skip with -100, not another value.",
+    ),
+    Entry(
+        "pad-equals-eos", "data",
+        "The pad token is the EOS token and the EOS targets are masked out of the loss (or never "
+        "present), so the model never learns to end a sequence and generation runs on.",
+        "pad_token_id == eos_token_id on the tokenizer or config, and the targets that reach the "
+        "loss contain no EOS while the batch's targets do (or the batch has no real EOS at all).",
+        "Mask padding by the attention mask, not by token id: set labels to -100 where "
+        "attention_mask == 0 and keep the first EOS of each sequence as a target; or add a "
+        "dedicated pad token (`tokenizer.add_special_tokens({'pad_token': '[PAD]'})` and resize "
+        "the embeddings).",
+    ),
+    Entry(
+        "padding-in-loss", "data",
+        "Padding positions are counted in the loss: the model is trained to predict pad tokens, "
+        "which lowers the loss without learning anything and biases generation.",
+        "Targets at positions where the attention mask is 0 (or equal to the pad id) reach the "
+        "loss with a weight, not as ignore_index.",
+        "Set labels to -100 (the ignore_index) where attention_mask == 0, e.g. "
+        "`labels = labels.masked_fill(attention_mask == 0, -100)`, or use "
+        "`DataCollatorForLanguageModeling(tokenizer, mlm=False)`.",
+    ),
+    Entry(
+        "labels-not-shifted", "data",
+        "For a token-prediction task computed outside the model, the targets equal the inputs at "
+        "the same position: the model learns to copy its input, the loss collapses to ~0 and "
+        "nothing is learned.",
+        "The targets that reach the loss equal the model's input ids at the same positions (for "
+        "Hugging Face causal LMs, which shift inside the model, `labels == input_ids` is correct and "
+        "is not reported).",
+        "Shift by one: `logits[:, :-1]` against `input_ids[:, 1:]`, or pass `labels=input_ids` to a "
+        "Hugging Face causal LM and let it shift.",
+    ),
+    Entry(
+        "repeated-batch", "data",
+        "The same batch is fed again and again (a data loader re-created inside the loop, an "
+        "iterator not advanced): the loss falls on that batch but the model learns nothing general.",
+        "Fingerprints of consecutive batches seen during training repeat.",
+        "Create the DataLoader once outside the loop and iterate it; check `shuffle=True`.",
+    ),
+    Entry(
+        "class-imbalance", "data",
+        "One class dominates the targets, so predicting it always is a strong baseline the model "
+        "must beat before any accuracy means anything.",
+        "The class histogram of the targets in the batch, with the majority class's share and the "
+        "loss and accuracy of the majority/frequency baseline.",
+        "Compare your loss with the baseline's; use class weights (`CrossEntropyLoss(weight=...)`) or "
+        "a balanced sampler if the minority classes matter.",
+    ),
+    Entry(
+        "loss-at-chance", "data",
+        "The loss sits at the loss of uniform guessing (ln C or ln V): the model has learned nothing "
+        "from its inputs.",
+        "A plateau in the watched loss within a few percent of ln(number of classes).",
+        "Check that the inputs reach the model (decode a batch), that labels match inputs, and that "
+        "the model can overfit one batch.",
+    ),
+    # --------------------------------------------------------------- model
+    Entry(
+        "batch-mixing", "model",
+        "The output for one sample depends on other samples of the batch, so the model trains on "
+        "information that will not be there at inference. Most often `nn.Transformer`/"
+        "`nn.MultiheadAttention` left at `batch_first=False` and fed (B, T, E) tensors: attention "
+        "then runs across the batch.",
+        "In eval mode, the gradient of sample i's output (times a random projection) with respect "
+        "to the input embeddings of the other samples must be exactly zero; traindoc reports the "
+        "largest non-zero cross-sample gradient, and which attention modules received a batch-"
+        "sized sequence axis.",
+        "Build the layers with `batch_first=True` (`nn.Transformer(..., batch_first=True)`), or "
+        "transpose inputs to (T, B, E) and masks to (B, T) as the layer expects.",
+    ),
+    Entry(
+        "causal-leak", "model",
+        "An autoregressive model sees the tokens it must predict: the loss falls fast in training "
+        "and generation is garbage. Typically `nn.Transformer`/`TransformerDecoder` without "
+        "`tgt_mask`, or a hand-written attention without a causal mask.",
+        "For teacher-forced targets, the gradient of the output at position t with respect to "
+        "input positions > t must be zero; and/or the decoder's self-attention modules were "
+        "observed receiving no causal mask (attn_mask None, is_causal False).",
+        "Pass a causal mask: `tgt_mask = nn.Transformer.generate_square_subsequent_mask(T)` (and "
+        "`tgt_is_causal=True`), or `is_causal=True` to scaled_dot_product_attention.",
+    ),
+    Entry(
+        "padding-leak", "model",
+        "Outputs at real tokens depend on the content of padding, usually because a Hugging Face "
+        "attention mask (1 = keep) was passed as a PyTorch key-padding mask (True = ignore): the "
+        "model ignores the real tokens and attends to the pads.",
+        "The gradient of outputs at real tokens with respect to the embeddings at pad positions "
+        "must be zero; and/or the key-padding mask an attention module received is True exactly "
+        "where the batch's attention mask marks real tokens.",
+        "Invert the mask: `key_padding_mask = attention_mask == 0` (True marks padding).",
+    ),
+    Entry(
+        "nan-forward", "model",
+        "The forward pass or the loss produces NaN/Inf.",
+        "Forward hooks find the first module (in execution order) whose output is non-finite, with "
+        "its path and the samples affected; when only the loss is NaN, per-sample losses show "
+        "which samples, and what they share (e.g. their label).",
+        "Depends on the culprit: fix out-of-range labels, lower the LR, use a stable formulation "
+        "(log_softmax + nll instead of log(softmax)), add eps to divisions and norms, or run that "
+        "module in float32 under autocast.",
+    ),
+    Entry(
+        "init-loss-mismatch", "model",
+        "At initialisation the loss is far from what uniform guessing gives (ln C for C classes): "
+        "the output layer is badly scaled or the loss is wired wrong.",
+        "The loss on the batch, with weights as they are, compared with ln(C) for the logits' width "
+        "(only for a model that looks untrained).",
+        "Initialise the last layer small (e.g. `nn.init.zeros_(head.weight)` or std 0.02) and check "
+        "that the loss receives raw logits and the right targets.",
+    ),
+    Entry(
+        "double-softmax", "model",
+        "The loss receives probabilities (the output of softmax) instead of logits, so it applies "
+        "a second softmax: gradients shrink and training stalls.",
+        "The tensor reaching cross_entropy/nll has rows that are non-negative and sum to 1 (or "
+        "log-probabilities reach cross_entropy); the module that produced it is named.",
+        "Remove the softmax from the model's forward and give the loss raw logits; apply softmax "
+        "only for inference.",
+    ),
+    Entry(
+        "no-grad-params", "model",
+        "Trainable parameters get no gradient (or an all-zero one) from the loss, so they never "
+        "move: a head not connected to the loss, a branch cut by `.detach()`/`torch.no_grad()`, "
+        "or an unused module.",
+        "After one backward of the user's loss, parameters with requires_grad=True whose .grad is "
+        "None or exactly zero, grouped by module.",
+        "Connect the module to the loss (use its output), remove the detach/no_grad, or freeze it "
+        "explicitly with `requires_grad_(False)` if that is intended.",
+    ),
+    Entry(
+        "params-not-in-optimizer", "model",
+        "Trainable parameters are in no param group of the optimizer, so they never move — e.g. a "
+        "head built after the optimizer was created.",
+        "The set of parameters with requires_grad=True is compared, by identity, with the params "
+        "of every param group; frozen parameters inside the optimizer are reported as a hint.",
+        "Create the optimizer after the model is complete (`optimizer = AdamW(model.parameters(), "
+        "...)`) or `optimizer.add_param_group({'params': head.parameters()})`.",
+    ),
+    Entry(
+        "train-mode-off", "model",
+        "The model is in eval mode while training: dropout is off and BatchNorm does not update its "
+        "statistics.",
+        "model.training is False (or some submodules are in eval) at the time of the optimizer "
+        "step.",
+        "Call `model.train()` at the start of each training epoch (after evaluation).",
+    ),
+    # --------------------------------------------------------- optimization
+    Entry(
+        "lr-too-high", "optimization",
+        "The learning rate is too high for this model: the loss is unstable or diverges, or, for a "
+        "pretrained transformer, fine-tuning destroys what it knew.",
+        "Statically: Adam/AdamW lr >= 5e-4 on a model that looks pretrained (the usual range is "
+        "1e-5..1e-4). During training: update/weight ratios far above ~1e-3, loss rising with lr.",
+        "Lower the learning rate (fine-tuning transformers: 1e-5..1e-4), add warmup, or run "
+        "traindoc's LR range test.",
+    ),
+    Entry(
+        "lr-too-low", "optimization",
+        "The learning rate is so low that the weights barely move and the loss falls very slowly.",
+        "Update/weight ratios far below ~1e-3 for a window of steps while the loss is not falling.",
+        "Raise the learning rate (try x10), or run traindoc's LR range test.",
+    ),
+    Entry(
+        "missing-zero-grad", "optimization",
+        "Gradients are never reset between steps, so they accumulate and each step uses the sum "
+        "of all past gradients.",
+        "The gradient observed before backward is not zero/None at step start, and the gradient "
+        "norm grows steadily with the step count.",
+        "Call `optimizer.zero_grad(set_to_none=True)` once per optimizer step.",
+    ),
+    Entry(
+        "scheduler-misuse", "optimization",
+        "The LR schedule does not do what was meant: the LR collapses to ~0 early, or a schedule "
+        "built for epochs is stepped every batch.",
+        "The LR of each param group recorded per step.",
+        "Step epoch-based schedulers once per epoch, or build the schedule with the number of "
+        "optimizer steps (`get_linear_schedule_with_warmup(opt, warmup, total_steps)`).",
+    ),
+    Entry(
+        "grad-accum-normalization", "optimization",
+        "With gradient accumulation the loss is not divided by the number of micro-batches (or is "
+        "averaged per micro-batch of different token counts), so the effective LR scales with the "
+        "accumulation count.",
+        "The gradient norm at the optimizer step tracks the number of backward calls since the "
+        "last step.",
+        "Divide each micro-batch loss by the number of accumulation steps (or by the total number "
+        "of tokens of the accumulated batch); `accelerator.accumulate` does it for you.",
+    ),
+    Entry(
+        "loss-spike", "optimization",
+        "The loss jumps far above its recent level for a step or a few.",
+        "The loss is more than k robust deviations (median absolute deviation) above the rolling "
+        "median of a window.",
+        "Add LR warmup, gradient clipping at the 90th percentile of gradient norms, or lower the LR.",
+    ),
+    Entry(
+        "divergence", "optimization",
+        "The loss rises steadily or becomes non-finite: training is unstable at this LR.",
+        "The rolling median of the loss climbs well above its best value and stays there.",
+        "Lower the LR, add warmup and clipping; check normalisation layers (x + Norm(f(x))).",
+    ),
+    Entry(
+        "loss-plateau", "optimization",
+        "The loss has stopped improving for a long window while the LR is not ~0.",
+        "No improvement of the rolling median over a window, with the LR recorded.",
+        "Check the model with traindoc.check (masks, batch layout, labels); then tune the LR.",
+    ),
+    Entry(
+        "vanishing-gradients", "optimization",
+        "Gradient norms shrink by orders of magnitude from the last layers to the first: early "
+        "layers stop learning.",
+        "Per-layer gradient norms across depth.",
+        "Add residual connections and normalisation, use a better init, or a non-saturating "
+        "activation.",
+    ),
+    Entry(
+        "exploding-gradients", "optimization",
+        "Gradient norms grow by orders of magnitude (across depth or over steps).",
+        "Per-layer and global gradient norms over steps.",
+        "Clip gradients at the 90th percentile of observed norms, add warmup, lower the LR.",
+    ),
+    Entry(
+        "stalled-layers", "optimization",
+        "Some layers' weights barely change: the update/weight ratio is tiny for a window of steps.",
+        "||delta w|| / ||w|| per layer for every optimizer step in a window.",
+        "Check that these layers get gradients and are in the optimizer; raise their LR.",
+    ),
+    Entry(
+        "aggressive-clipping", "optimization",
+        "More than half of the steps are clipped: the clipping is a disguised LR decrease.",
+        "The pre-clip global gradient norm exceeded the clipping threshold on > 50% of steps.",
+        "Lower the learning rate instead, and set the clip threshold near the 90th percentile of "
+        "the unclipped gradient norms.",
+    ),
+    Entry(
+        "weight-decay-on-norms", "optimization",
+        "Weight decay is applied to biases and normalisation weights, which is usually unintended.",
+        "Param groups with weight_decay > 0 contain 1-d parameters (biases, LayerNorm weights).",
+        "Put biases and norm weights in a param group with weight_decay=0.",
+    ),
+    # ----------------------------------------------------------- resources
+    Entry(
+        "oom-risk", "resources",
+        "Weights + gradients + optimizer state + activations for this batch approach or exceed the "
+        "device's memory.",
+        "Measured peak memory on CUDA; an estimate from parameter counts, optimizer type and the "
+        "activation sizes seen in one forward on CPU.",
+        "Halve the batch and use gradient accumulation, enable gradient checkpointing, or use "
+        "mixed precision.",
+    ),
+    # ------------------------------------------------------------ internal
+    Entry(
+        "probe-failed", "internal",
+        "One of traindoc's probes could not run on this model; its question is unanswered.",
+        "The probe raised; the exception is recorded.",
+        "Nothing to fix in your training; report it to traindoc with the evidence.",
+    ),
+    Entry(
+        "probe-skipped", "internal",
+        "A probe did not apply to this model or batch (e.g. no token embeddings to perturb).",
+        "The probe's precondition was not met; the reason is recorded.",
+        "Nothing to fix; pass `task=` or `tokenizer=` if traindoc guessed wrong.",
+    ),
+]
+
+CATALOG: dict[str, Entry] = {e.id: e for e in _ENTRIES}
+
+
+def entry(finding_id: str) -> Entry:
+    """The catalog entry for an id (KeyError with the known ids if it does not exist)."""
+    try:
+        return CATALOG[finding_id]
+    except KeyError:
+        raise KeyError(f"unknown finding id {finding_id!r}; known: {sorted(CATALOG)}") from None
+
+
+def markdown() -> str:
+    """The catalog as a Markdown page (the source of docs/findings.md)."""
+    lines = ["# Finding ids", "", "Generated from `traindoc.catalog` by `traindoc catalog --markdown`.", ""]
+    for category in ("data", "model", "optimization", "resources", "internal"):
+        lines += [f"## {category}", ""]
+        for e in _ENTRIES:
+            if e.category == category:
+                lines += [f"### `{e.id}`", "", e.meaning, "", f"**How traindoc proves it.** {e.proof}", "",
+                          f"**Fix.** {e.fix}", ""]
+    return "\n".join(lines)

@@ -1,0 +1,170 @@
+"""The run directory: traindoc's embedded, append-only, crash-safe store of a watched run.
+
+Layout (schema version 1; JSON Lines, one object per line, no pickle anywhere)::
+
+    RUN_DIR/
+      meta.json          {"version": 1, "started": ISO-8601, "model": str, "num_params": int,
+                          "param_groups": [{"lr": float, "weight_decay": float, "num_params": int}],
+                          "layers": [module paths], ...}    written once, atomically (tmp + rename)
+      scalars.jsonl      {"step": int, "loss": float|null, "lr": [float per group],
+                          "grad_norm": float|null, "clipped": bool|null, "nonfinite_grads": int, ...}
+      layers.jsonl       {"step": int, "grad_norm": {layer: float}, "weight_norm": {layer: float},
+                          "update_ratio": {layer: float}}
+      histograms.jsonl   {"step": int, "layer": str, "kind": "weight"|"grad",
+                          "edges": [float], "counts": [int]}
+      findings.jsonl     {"step": int|null, "id", "severity", "title", "evidence", "fix"}
+      report.json        the final `Report.to_dict()`, written atomically by `close()`
+      tb/                TensorBoard event files (when tensorboard is installed)
+
+Every `flush()` writes whole lines and fsyncs, so a run killed with SIGKILL keeps everything up to
+its last flush. A reader skips a torn last line. Non-finite floats are stored as the strings
+"nan", "inf", "-inf" (strict JSON).
+
+    >>> import tempfile
+    >>> d = tempfile.mkdtemp()
+    >>> w = RunDirWriter(d, meta={"model": "Tiny"})
+    >>> w.append("scalars", {"step": 0, "loss": 2.3})
+    >>> w.append("scalars", {"step": 1, "loss": float("nan")})
+    >>> w.flush()
+    >>> [r["loss"] for r in read_run(d).scalars]
+    [2.3, nan]
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from traindoc.findings import jsonable
+
+SCHEMA_VERSION = 1
+STREAMS = ("scalars", "layers", "histograms", "findings")
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class RunDirWriter:
+    """Appends records to a run directory; `flush()` makes them durable."""
+
+    def __init__(self, path: str | os.PathLike[str], meta: dict[str, Any] | None = None):
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        full_meta = {"version": SCHEMA_VERSION, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        full_meta.update(meta or {})
+        _atomic_write(self.path / "meta.json", json.dumps(jsonable(full_meta), indent=2))
+        self._pending: dict[str, list[str]] = {s: [] for s in STREAMS}
+        self._files: dict[str, Any] = {}
+
+    def append(self, stream: str, record: dict[str, Any]) -> None:
+        """Queue one record (made JSON-safe now); nothing touches the disk until `flush()`."""
+        if stream not in self._pending:
+            raise ValueError(f"unknown stream {stream!r}; one of {STREAMS}")
+        self._pending[stream].append(json.dumps(jsonable(record), allow_nan=False))
+
+    def flush(self) -> None:
+        for stream, lines in self._pending.items():
+            if not lines:
+                continue
+            f = self._files.get(stream)
+            if f is None:
+                f = self._files[stream] = open(self.path / f"{stream}.jsonl", "a", encoding="utf-8")
+            f.write("\n".join(lines) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+            lines.clear()
+
+    def write_report(self, report_dict: dict[str, Any]) -> None:
+        _atomic_write(self.path / "report.json", json.dumps(jsonable(report_dict), indent=2, allow_nan=False))
+
+    def close(self) -> None:
+        self.flush()
+        for f in self._files.values():
+            f.close()
+        self._files.clear()
+
+
+def _revive(value: Any) -> Any:
+    """Strings "nan"/"inf"/"-inf" back to floats, recursively."""
+    if isinstance(value, str) and value in ("nan", "inf", "-inf"):
+        return float(value)
+    if isinstance(value, list):
+        return [_revive(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _revive(v) for k, v in value.items()}
+    return value
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if not line.endswith("\n"):
+                break  # torn last line of a killed run
+            try:
+                records.append(_revive(json.loads(line)))
+            except json.JSONDecodeError:
+                break
+    return records
+
+
+@dataclass
+class RunData:
+    """Everything a run directory holds, as plain Python values."""
+
+    path: Path
+    meta: dict[str, Any]
+    scalars: list[dict[str, Any]] = field(default_factory=list)
+    layers: list[dict[str, Any]] = field(default_factory=list)
+    histograms: list[dict[str, Any]] = field(default_factory=list)
+    findings: list[dict[str, Any]] = field(default_factory=list)
+    report: dict[str, Any] | None = None
+
+    def series(self, key: str) -> tuple[list[int], list[float]]:
+        """(steps, values) of one scalar, skipping records without it."""
+        steps, values = [], []
+        for r in self.scalars:
+            v = r.get(key)
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                steps.append(r["step"])
+                values.append(float(v))
+        return steps, values
+
+
+def read_run(path: str | os.PathLike[str]) -> RunData:
+    """Read a run directory (complete or killed mid-run). Raises FileNotFoundError if not one."""
+    p = Path(path)
+    meta_path = p / "meta.json"
+    if not meta_path.exists():
+        raise FileNotFoundError(f"{p} is not a traindoc run directory (no meta.json)")
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    if meta.get("version") != SCHEMA_VERSION:
+        raise ValueError(f"{p}: unsupported run directory version {meta.get('version')!r}")
+    report_path = p / "report.json"
+    report = _revive(json.loads(report_path.read_text(encoding="utf-8"))) if report_path.exists() else None
+    return RunData(
+        path=p,
+        meta=meta,
+        scalars=_read_jsonl(p / "scalars.jsonl"),
+        layers=_read_jsonl(p / "layers.jsonl"),
+        histograms=_read_jsonl(p / "histograms.jsonl"),
+        findings=_read_jsonl(p / "findings.jsonl"),
+        report=report,
+    )
+
+
+def is_finite_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
