@@ -1,0 +1,54 @@
+"""`StepRecord`: what the monitor hands to the detectors, once per optimizer step, on the host.
+
+The monitor keeps its statistics on the device and copies them to the host once per flush; at the
+flush it builds one `StepRecord` per step, in step order, and feeds each detector. Detectors are
+pure judges of these records (they never touch tensors), so they are cheap and easy to test.
+
+    >>> r = StepRecord(step=3, loss=2.5, lr=[1e-3])
+    >>> r.layer_update_ratio is None
+    True
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class StepRecord:
+    step: int
+    """Optimizer step index, from 0."""
+    loss: float | None = None
+    """Loss logged for this step (mean over its micro-batches), or None if the user logged none."""
+    lr: list[float] = field(default_factory=list)
+    """LR of each param group at this step."""
+    grad_norm: float | None = None
+    """Global L2 norm of all gradients before clipping (at the optimizer step)."""
+    clip_threshold: float | None = None
+    """max_norm of the user's clip_grad_norm_ call this step, None if the user did not clip."""
+    clipped: bool | None = None
+    """grad_norm > clip_threshold (None when the user did not clip)."""
+    nonfinite_grads: int = 0
+    """Number of gradient elements that were NaN/Inf at the step."""
+    first_nonfinite_param: str | None = None
+    """Name of the first parameter (model order) whose gradient was non-finite."""
+    backward_calls: int = 1
+    """Backward passes since the previous optimizer step (gradient accumulation count)."""
+    grad_was_stale: bool | None = None
+    """True when gradients were already non-zero before this step's first backward (no zero_grad)."""
+    num_classes: int | None = None
+    """Width of the logits when known (for loss-at-chance)."""
+    scaler_scale: float | None = None
+    """AMP GradScaler scale, when a scaler is watched."""
+    skipped: bool = False
+    """The optimizer step was skipped (AMP inf/NaN) or did not change any weight."""
+    layer_grad_norm: dict[str, float] | None = None
+    """Per-module gradient L2 norm (every K steps; None on other steps). Keys in model order."""
+    layer_weight_norm: dict[str, float] | None = None
+    """Per-module weight L2 norm (same steps as layer_grad_norm)."""
+    layer_update_ratio: dict[str, float] | None = None
+    """Per-module ||w_after - w_before|| / ||w_before|| of this step (same steps)."""
+    layer_depth: dict[str, int] | None = None
+    """Depth index (0 = nearest the input) of each module in the layer_* dicts."""
+    extra: dict[str, float] = field(default_factory=dict)
+    """Other metrics the user logged with watch.log(...)."""
