@@ -1,0 +1,310 @@
+"""Dependency probes: what does each output depend on? Asked of autograd, on the user's model.
+
+The main pass keeps every input embedding (and float input) as a point autograd can differentiate
+against. In eval mode, with a random projection ``r`` so that no symmetry hides a dependency:
+
+- ``batch-mixing``: d (out[i] . r) / d input[j] must be exactly 0 for every sample j != i;
+- ``causal-leak``: for autoregressive targets, d (out[i, t0] . r) / d decoder_input[i, t > t0]
+  must be exactly 0 (t0 = the first real position, so every later position is tested);
+- ``padding-leak``: d (sum of out at real positions . r) / d input at pad positions of the same
+  sample must be exactly 0.
+
+One backward serves batch-mixing and causal-leak, one serves padding-leak, whatever B and T.
+
+A bug can hide another: with ``batch_first`` wrong, attention runs over the batch axis, so no
+position sees another position of its own sample and the causal probe is blind. So the probes also
+read what the attention modules actually received (recorded in the main pass): a decoder
+self-attention called with no causal mask, a key-padding mask that is True exactly on real tokens
+(a Hugging Face mask passed as a PyTorch one), a float 0/1 mask that is added, not applied.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from traindoc.findings import Finding
+from traindoc.probes.context import AttentionCall, ProbeContext, Stream, _is_binary
+from traindoc.probes.registry import probe
+
+# A dependency through a fully masked path is exactly 0.0 in floating point (exp(-inf) == 0 and a
+# missing edge contributes nothing), so the threshold only guards against denormal dust.
+_REL_EPS = 1e-6
+_SEED = 20240917
+
+
+def _per_sample_output(ctx: ProbeContext) -> torch.Tensor | None:
+    """The logits as (B, ...) — transposed when the model returns sequence-first (T, B, ...)."""
+    out = ctx.main.logits
+    B = ctx.setup.batch_size
+    if out is None or not out.requires_grad or out.dim() < 2:
+        return None
+    if out.shape[0] == B:
+        return out
+    if out.dim() >= 3 and out.shape[1] == B:
+        return out.transpose(0, 1)
+    return None
+
+
+def _projection(shape: torch.Size, like: torch.Tensor) -> torch.Tensor:
+    g = torch.Generator(device="cpu").manual_seed(_SEED)  # never touches the user's RNG streams
+    return torch.randn(shape, generator=g).to(device=like.device, dtype=like.dtype)
+
+
+def _streams(ctx: ProbeContext) -> list[Stream]:
+    B = ctx.setup.batch_size
+    return [s for s in ctx.main.streams if s.value.dim() >= 2 and s.value.shape[0] == B]
+
+
+def _sample_magnitudes(g: torch.Tensor) -> torch.Tensor:
+    """max |g| per sample: (B,)."""
+    return g.detach().abs().float().flatten(1).amax(1)
+
+
+def _anchor(ctx: ProbeContext) -> tuple[int, int | None]:
+    """(sample i, position t0): the sample with the most real decoder tokens, its first real one."""
+    dec = ctx.decoder_stream
+    if dec is None:
+        return 0, None
+    real = ctx.real_positions(dec)
+    if real is None:
+        return 0, 0
+    i = int(real.sum(1).argmax())
+    idx = torch.nonzero(real[i]).flatten()
+    return i, int(idx[0]) if idx.numel() else 0
+
+
+def _sample_grads(ctx: ProbeContext) -> dict[str, Any] | None:
+    """One backward shared by batch-mixing and causal-leak (cached on the context)."""
+    cache = ctx.__dict__.setdefault("_dependency_cache", {})
+    if "sample" in cache:
+        return cache["sample"]
+    out = _per_sample_output(ctx)
+    streams = _streams(ctx)
+    result = None
+    if out is not None and streams:
+        i, t0 = _anchor(ctx)
+        use_position = ctx.autoregressive and t0 is not None and out.dim() >= 3
+        target = out[i, t0] if use_position else out[i]
+        scalar = (target.float() * _projection(target.shape, target).float()).sum()
+        grads = ctx.grad(scalar, [s.value for s in streams])
+        result = {"i": i, "t0": t0 if use_position else None, "streams": streams, "grads": grads}
+    cache["sample"] = result
+    return result
+
+
+def _mha_batch_axis_calls(ctx: ProbeContext) -> list[AttentionCall]:
+    """Attention modules that attend over the user's batch axis (seq-first layer fed (B, T, E))."""
+    B = ctx.setup.batch_size
+    lengths = {s.value.shape[1] for s in _streams(ctx) if s.value.dim() >= 3}
+    return [a for a in ctx.main.attention
+            if not a.batch_first and len(a.query_shape) == 3 and a.query_shape[0] == B
+            and a.query_shape[1] != B and a.query_shape[1] in lengths]
+
+
+@probe("batch-mixing", "model")
+def batch_mixing(ctx: ProbeContext) -> list[Finding]:
+    """Does sample i's output depend on other samples' inputs? (ids: batch-mixing)"""
+    B = ctx.setup.batch_size
+    if B < 2:
+        return []
+    sg = _sample_grads(ctx)
+    if sg is None:
+        return []
+    i = sg["i"]
+    leaks = []
+    own = 0.0
+    for s, g in zip(sg["streams"], sg["grads"], strict=True):
+        if g is None:
+            continue
+        mags = _sample_magnitudes(g).cpu()
+        own = max(own, float(mags[i]))
+        others = mags.clone()
+        others[i] = 0
+        j = int(others.argmax())
+        if float(others[j]) > 0:
+            leaks.append({"input": s.name, "module": s.module, "other_sample": j, "max_abs_grad": float(others[j]),
+                          "samples_affected": int((others > 0).sum())})
+    leaks = [lk for lk in leaks if lk["max_abs_grad"] > _REL_EPS * max(own, 1e-30)]
+    if not leaks:
+        return []
+    calls = _mha_batch_axis_calls(ctx)
+    evidence: dict[str, Any] = {
+        "sample": i,
+        "own_max_abs_grad": own,
+        "cross_sample": leaks,
+        "batch_size": B,
+    }
+    if sg["t0"] is not None:
+        evidence["output_position"] = sg["t0"]
+    if calls:
+        evidence["attention_over_batch_axis"] = [
+            f"{a.module} (batch_first=False) received query of shape {list(a.query_shape)}: it attends over "
+            f"dim 0 = your batch of {B}" for a in calls[:6]]
+        fix = ("Build the transformer layers with batch_first=True, e.g. `nn.Transformer(..., batch_first=True)` "
+               "(and `nn.TransformerEncoderLayer(..., batch_first=True)`), keep (B, T, E) inputs and pass "
+               "key-padding masks as (B, T) without transposing.")
+    else:
+        fix = ("Find the op that reduces over dim 0 of a (B, ...) tensor: attention with the wrong layout, "
+               "a mean/softmax over dim 0, or BatchNorm misuse at inference. Sample i's output must depend only "
+               "on sample i.")
+    lk = leaks[0]
+    return [Finding(
+        "batch-mixing", "error",
+        f"Sample {i}'s output depends on sample {lk['other_sample']}'s {lk['input']} (|grad| up to "
+        f"{lk['max_abs_grad']:.3g}; must be exactly 0)" + (" — attention runs across the batch" if calls else ""),
+        evidence=evidence, fix=fix)]
+
+
+def _is_causal_mask(mask: torch.Tensor | None, T: int) -> bool:
+    """Does an attention mask block every j > i (bool: True = blocked; float: -inf/very negative)?"""
+    if mask is None or mask.dim() < 2 or mask.shape[-1] != mask.shape[-2]:
+        return False
+    m = mask.reshape(-1, mask.shape[-2], mask.shape[-1])[0]
+    future = torch.triu(torch.ones(m.shape, dtype=torch.bool, device=m.device), diagonal=1)
+    blocked = m if m.dtype == torch.bool else m <= -1e4
+    return bool(blocked[future].all()) and future.any().item()
+
+
+def _unmasked_decoder_self_attention(ctx: ProbeContext) -> list[AttentionCall]:
+    calls = [a for a in ctx.main.attention if a.self_attention]
+    decoder_calls = [a for a in calls if a.in_decoder]
+    if not decoder_calls:
+        if len(ctx.token_streams) != 1 or any(a.in_encoder and a.in_decoder for a in calls):
+            return []
+        decoder_calls = calls  # a decoder-only model built from attention modules
+    return [a for a in decoder_calls if not a.is_causal and not _is_causal_mask(a.attn_mask, a.query_shape[0])]
+
+
+@probe("causal-leak", "model")
+def causal_leak(ctx: ProbeContext) -> list[Finding]:
+    """Does the output at position t see decoder inputs after t? (ids: causal-leak)"""
+    if not ctx.autoregressive:
+        return []
+    dec = ctx.decoder_stream
+    evidence: dict[str, Any] = {"task": ctx.task[0], "task_inferred_from": ctx.task[1]}
+    proved_by_gradient = False
+    sg = _sample_grads(ctx)
+    if dec is not None and sg is not None and sg["t0"] is not None:
+        i, t0 = sg["i"], sg["t0"]
+        g = next((g for s, g in zip(sg["streams"], sg["grads"], strict=True) if s is dec), None)
+        if g is not None and g.shape[1] > t0 + 1:
+            per_pos = g[i].detach().abs().float().flatten(1).amax(1).cpu()  # (T,)
+            past = float(per_pos[: t0 + 1].max())
+            future = per_pos[t0 + 1:]
+            leaking = torch.nonzero(future > _REL_EPS * max(past, 1e-30)).flatten() + t0 + 1
+            evidence.update({"decoder_input": dec.name, "sample": i, "output_position": t0,
+                             "max_abs_grad_past": past, "max_abs_grad_future": float(future.max())})
+            if leaking.numel():
+                proved_by_gradient = True
+                evidence["future_positions_seen"] = leaking[:20].tolist()
+                evidence["future_positions_seen_count"] = int(leaking.numel())
+    unmasked = _unmasked_decoder_self_attention(ctx)
+    if unmasked:
+        evidence["self_attention_without_causal_mask"] = [
+            f"{a.module}: attn_mask={'None' if a.attn_mask is None else 'not causal ' + str(list(a.attn_mask.shape))}"
+            f", is_causal={a.is_causal}" for a in unmasked[:6]]
+    if not proved_by_gradient and not unmasked:
+        return []
+    if not proved_by_gradient and _mha_batch_axis_calls(ctx):
+        evidence["note"] = ("the gradient probe cannot see this while attention runs over the batch axis "
+                            "(batch-mixing); the decoder's self-attention modules were observed with no causal mask")
+    if proved_by_gradient:
+        title = (f"Output at position {evidence['output_position']} depends on {evidence['future_positions_seen_count']} "
+                 f"later decoder positions of {dec.name!r}: the model reads the tokens it must predict")
+    else:
+        title = (f"The decoder's self-attention gets no causal mask ({len(unmasked)} call(s)): once the layout is "
+                 "fixed, each position will see the tokens it must predict")
+    fix = ("Pass a causal mask to the decoder: `tgt_mask = nn.Transformer.generate_square_subsequent_mask(T, "
+           "device=x.device)` and `model.transformer(src, tgt, tgt_mask=tgt_mask, tgt_is_causal=True, ...)`; "
+           "for hand-written attention use `F.scaled_dot_product_attention(q, k, v, is_causal=True)`.")
+    return [Finding("causal-leak", "error", title, evidence=evidence, fix=fix)]
+
+
+def _inverted_padding_masks(ctx: ProbeContext) -> list[dict[str, Any]]:
+    """Attention calls whose key-padding mask is True on real tokens, or a float 0/1 mask (added, not applied)."""
+    hf_masks = {n: t for n, t in ctx.setup.tensors.items() if "mask" in n.lower() and t.dim() == 2 and _is_binary(t)}
+    found = []
+    for a in ctx.main.attention:
+        kpm = a.key_padding_mask
+        if kpm is None or kpm.dim() != 2:
+            continue
+        if kpm.is_floating_point():
+            if _is_binary(kpm) and bool((kpm != 0).any()):
+                found.append({"module": a.module, "problem": "float 0/1 key_padding_mask: PyTorch adds float masks "
+                              "to the attention scores, so nothing is masked", "mask_shape": list(kpm.shape)})
+                continue
+            kpm_bool = kpm <= -1e4  # the canonical float form: -inf where a position is ignored
+        else:
+            kpm_bool = kpm.bool()
+        for name, m in hf_masks.items():
+            real = m != 0
+            for transposed, cand in ((False, real), (True, real.t())):
+                if cand.shape == kpm_bool.shape and torch.equal(cand, kpm_bool) and not bool(real.all()):
+                    found.append({"module": a.module, "mask": name, "transposed": transposed,
+                                  "problem": f"key_padding_mask is True exactly where {name} == 1 (real tokens): "
+                                             "the module ignores the real tokens and attends to the pads",
+                                  "ignored_real_tokens": int(real.sum()), "attended_pads": int((~real).sum())})
+                    break
+    return found
+
+
+@probe("padding-leak", "model")
+def padding_leak(ctx: ProbeContext) -> list[Finding]:
+    """Do outputs at real tokens depend on what sits in the pad positions? (ids: padding-leak)"""
+    out = _per_sample_output(ctx)
+    evidence: dict[str, Any] = {}
+    proved_by_gradient = False
+    streams = [s for s in ctx.token_streams if ctx.real_positions(s) is not None]
+    if out is not None and streams:
+        pads = {s.name: ~ctx.real_positions(s) for s in streams}
+        if any(bool(p.any()) for p in pads.values()):
+            dec = ctx.decoder_stream
+            if out.dim() >= 3:
+                # outputs at real positions of the stream the outputs are aligned with
+                aligned = dec if dec is not None and dec.ids.shape[1] == out.shape[1] else next(
+                    (s for s in streams if s.ids.shape[1] == out.shape[1]), None)
+                out_real = ctx.real_positions(aligned) if aligned is not None else None
+                weight = out_real.to(out.dtype) if out_real is not None else torch.ones(out.shape[:2], dtype=out.dtype,
+                                                                                         device=out.device)
+                r = _projection(out.shape, out) * weight.view(*weight.shape, *([1] * (out.dim() - 2)))
+            else:
+                r = _projection(out.shape, out)
+            scalar = (out.float() * r.float()).sum()
+            grads = ctx.grad(scalar, [s.value for s in streams])
+            leaks = []
+            for s, g in zip(streams, grads, strict=True):
+                if g is None:
+                    continue
+                per_pos = g.detach().abs().float().flatten(2).amax(2)  # (B, T)
+                pad = pads[s.name]
+                real_mag = float(per_pos[~pad].max()) if bool((~pad).any()) else 0.0
+                pad_mag = per_pos.masked_fill(~pad, 0)
+                hit = pad_mag > _REL_EPS * max(real_mag, 1e-30)
+                if bool(hit.any()):
+                    b = int(hit.any(1).float().argmax())
+                    leaks.append({"input": s.name, "pad_positions_seen": int(hit.sum()),
+                                  "pad_positions": int(pad.sum()), "max_abs_grad_at_pads": float(pad_mag.max()),
+                                  "max_abs_grad_at_real": real_mag, "example_sample": b,
+                                  "example_positions": torch.nonzero(hit[b]).flatten()[:10].tolist()})
+            if leaks:
+                proved_by_gradient = True
+                evidence["dependency_on_pads"] = leaks
+    observed = _inverted_padding_masks(ctx)
+    if observed:
+        evidence["attention_masks_observed"] = observed[:6]
+    if not proved_by_gradient and not observed:
+        return []
+    if observed:
+        o = observed[0]
+        title = f"{o['module']}: {o['problem']}"
+    else:
+        lk = evidence["dependency_on_pads"][0]
+        title = (f"Outputs at real tokens depend on {lk['pad_positions_seen']} pad positions of {lk['input']!r} "
+                 "(must be exactly 0): padding is not masked")
+    fix = ("PyTorch's key_padding_mask is True where a position must be IGNORED; a Hugging Face attention_mask "
+           "is 1 where a token is REAL. Convert: `key_padding_mask = attention_mask == 0` (bool, shape (B, T), no "
+           "transpose with batch_first=True); pass it as src_key_padding_mask, tgt_key_padding_mask and "
+           "memory_key_padding_mask.")
+    return [Finding("padding-leak", "error", title, evidence=evidence, fix=fix)]

@@ -1,0 +1,203 @@
+"""The captured training *setup*: model, one batch, how to call the model and the loss, optimizer,
+tokenizer, task. `traindoc.check`, the monitor's callbacks and (later) `traindoc run` all fill it in
+the same way, and probes only ever read a `Setup`.
+
+    >>> import torch
+    >>> s = Setup.build(torch.nn.Linear(4, 3), torch.randn(8, 4))
+    >>> s.batch_size, list(s.tensors)
+    (8, ['batch'])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from traindoc.errors import TraindocInputError
+
+TASKS = ("causal-lm", "seq2seq", "classification", "masked-lm", "token-classification")
+AUTOREGRESSIVE = ("causal-lm", "seq2seq")
+
+ForwardFn = Callable[[nn.Module, Any], Any]
+LossFn = Callable[[Any, Any], torch.Tensor]
+
+
+def named_tensors(batch: Any, prefix: str = "batch") -> dict[str, torch.Tensor]:
+    """Every tensor in a batch with a readable name: ``input_ids`` for dict keys, ``batch[0]`` for
+    positions, ``batch`` for a bare tensor (nested containers are walked).
+
+    >>> import torch
+    >>> list(named_tensors({"input_ids": torch.zeros(2, 3), "extra": [torch.ones(2)]}))
+    ['input_ids', 'extra[0]']
+    """
+    out: dict[str, torch.Tensor] = {}
+
+    def walk(obj: Any, name: str) -> None:
+        if isinstance(obj, torch.Tensor):
+            out[name] = obj
+        elif isinstance(obj, Mapping):
+            for k, v in obj.items():
+                walk(v, str(k) if name == prefix else f"{name}.{k}")
+        elif isinstance(obj, (list, tuple)):
+            for i, v in enumerate(obj):
+                walk(v, f"{name}[{i}]")
+
+    walk(batch, prefix)
+    return out
+
+
+def replace_tensors(batch: Any, replace: Callable[[str, torch.Tensor], torch.Tensor], prefix: str = "batch") -> Any:
+    """A copy of the batch's containers with each tensor passed through ``replace(name, tensor)``."""
+
+    def walk(obj: Any, name: str) -> Any:
+        if isinstance(obj, torch.Tensor):
+            return replace(name, obj)
+        if isinstance(obj, Mapping):
+            items = {k: walk(v, str(k) if name == prefix else f"{name}.{k}") for k, v in obj.items()}
+            try:
+                return type(obj)(items)
+            except Exception:
+                return items
+        if isinstance(obj, tuple) and hasattr(obj, "_fields"):
+            return type(obj)(*(walk(v, f"{name}[{i}]") for i, v in enumerate(obj)))
+        if isinstance(obj, (list, tuple)):
+            return type(obj)(walk(v, f"{name}[{i}]") for i, v in enumerate(obj))
+        return obj
+
+    return walk(batch, prefix)
+
+
+def default_forward(model: nn.Module, batch: Any) -> Any:
+    """How a training loop most often calls a model: ``model(**batch)`` for a dict, ``model(*batch)``
+    for a tuple/list, ``model(batch)`` for a tensor."""
+    if isinstance(batch, Mapping):
+        return model(**batch)
+    if isinstance(batch, (list, tuple)):
+        return model(*batch)
+    return model(batch)
+
+
+def output_logits(output: Any) -> torch.Tensor | None:
+    """The prediction tensor in a model output: ``.logits`` (Hugging Face), ``["logits"]``, the first
+    float tensor of a tuple, or the tensor itself."""
+    if isinstance(output, torch.Tensor):
+        return output if output.is_floating_point() else None
+    logits = getattr(output, "logits", None)
+    if isinstance(logits, torch.Tensor):
+        return logits
+    if isinstance(output, Mapping):
+        if isinstance(output.get("logits"), torch.Tensor):
+            return output["logits"]
+        for v in output.values():
+            if isinstance(v, torch.Tensor) and v.is_floating_point() and v.dim() >= 2:
+                return v
+    if isinstance(output, (list, tuple)):
+        for v in output:
+            if isinstance(v, torch.Tensor) and v.is_floating_point() and v.dim() >= 2:
+                return v
+    return None
+
+
+def output_loss(output: Any) -> torch.Tensor | None:
+    """The loss a model returned itself (Hugging Face ``output.loss``), if any."""
+    loss = getattr(output, "loss", None)
+    if loss is None and isinstance(output, Mapping):
+        loss = output.get("loss")
+    return loss if isinstance(loss, torch.Tensor) and loss.numel() == 1 else None
+
+
+@dataclass
+class Setup:
+    """One training configuration, validated. Build it with `Setup.build` (which checks the input)."""
+
+    model: nn.Module
+    batch: Any
+    forward: ForwardFn
+    loss_fn: LossFn | None = None
+    optimizer: torch.optim.Optimizer | None = None
+    tokenizer: Any = None
+    task: str | None = None
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    batch_size: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    dtype: torch.dtype = torch.float32
+    user_forward: bool = False
+
+    @classmethod
+    def build(
+        cls,
+        model: Any,
+        batch: Any,
+        *,
+        forward: ForwardFn | None = None,
+        loss_fn: LossFn | None = None,
+        optimizer: Any = None,
+        tokenizer: Any = None,
+        task: str | None = None,
+    ) -> Setup:
+        if not isinstance(model, nn.Module):
+            raise TraindocInputError("model", f"must be a torch.nn.Module, got {type(model).__name__}")
+        params = list(model.parameters())
+        if not params:
+            raise TraindocInputError("model", f"{type(model).__name__} has no parameters: there is nothing to train")
+        if forward is not None and not callable(forward):
+            raise TraindocInputError("forward", "must be a callable forward(model, batch) -> output")
+        if loss_fn is not None and not callable(loss_fn):
+            raise TraindocInputError("loss_fn", "must be a callable loss_fn(output, batch) -> scalar tensor")
+        if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+            inner = getattr(optimizer, "optimizer", None)  # accelerate's AcceleratedOptimizer and friends
+            if isinstance(inner, torch.optim.Optimizer):
+                optimizer = inner
+            else:
+                raise TraindocInputError("optimizer", f"must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        if task is not None and task not in TASKS:
+            raise TraindocInputError("task", f"must be one of {', '.join(TASKS)} (or None to infer), got {task!r}")
+        if not isinstance(batch, (torch.Tensor, Mapping, list, tuple)) and not hasattr(batch, "keys"):
+            raise TraindocInputError(
+                "batch", f"unsupported type {type(batch).__name__}: pass one batch as the loop feeds it "
+                "(a dict of tensors, a tuple/list of tensors, or a tensor)")
+        if hasattr(batch, "keys") and not isinstance(batch, Mapping):  # e.g. transformers BatchEncoding
+            batch = dict(batch.items())
+        tensors = named_tensors(batch)
+        if not tensors:
+            raise TraindocInputError("batch", "contains no tensors")
+        sizes = {t.shape[0] for t in tensors.values() if t.dim() > 0}
+        if any(t.dim() > 0 and t.shape[0] == 0 for t in tensors.values()) or not sizes:
+            raise TraindocInputError("batch", "is empty (a tensor with 0 samples, or only scalars)")
+        batch_size = max(sizes)
+        device = params[0].device
+        floats = [p for p in params if p.is_floating_point()]
+        dtype = floats[0].dtype if floats else torch.float32
+        wrong_device = [n for n, t in tensors.items() if t.device != device]
+        if wrong_device:
+            raise TraindocInputError(
+                "batch", f"tensors {wrong_device} are on {tensors[wrong_device[0]].device} but the model is on "
+                f"{device}: move the batch as your loop does (batch = {{k: v.to({str(device)!r}) ...}})")
+        return cls(model=model, batch=batch, forward=forward or default_forward, loss_fn=loss_fn,
+                   optimizer=optimizer, tokenizer=tokenizer, task=task, tensors=tensors, batch_size=batch_size,
+                   device=device, dtype=dtype, user_forward=forward is not None)
+
+    # --- what the model and tokenizer say about themselves -----------------------------------------
+    @property
+    def config(self) -> Any:
+        return getattr(self.model, "config", None)
+
+    def special_id(self, name: str) -> int | None:
+        """``pad_token_id`` / ``eos_token_id`` / ``bos_token_id`` from the tokenizer, else the HF config."""
+        for source in (self.tokenizer, self.config, getattr(self.config, "generation_config", None)):
+            value = getattr(source, name, None) if source is not None else None
+            if isinstance(value, (list, tuple)) and value:
+                value = value[0]
+            if isinstance(value, int) and not isinstance(value, bool):
+                return value
+        return None
+
+    def looks_pretrained(self) -> bool:
+        """Heuristic: a Hugging Face model loaded with from_pretrained (its config names a checkpoint)."""
+        cfg = self.config
+        name = getattr(cfg, "_name_or_path", "") if cfg is not None else ""
+        return bool(name)

@@ -1,0 +1,124 @@
+"""batch-mixing, causal-leak, padding-leak: each bug proved on a tiny model, each healthy twin clean."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import traindoc
+from seq_models import (
+    PoolingClassifier,
+    Seed000Chatbot,
+    TinyDecoderLM,
+    fixed_loss,
+    lm_batch,
+    lm_loss,
+    seed000_batch,
+    seed000_forward,
+    seed000_loss,
+)
+
+DEPENDENCY = ["batch-mixing", "causal-leak", "padding-leak"]
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+
+
+def run(model, batch, **kw):
+    return traindoc.check(model, batch, probes=DEPENDENCY, **kw)
+
+
+def test_seed000_broken_chatbot_shows_all_three_bugs():
+    report = run(Seed000Chatbot(fixed=False), seed000_batch(), forward=seed000_forward(True), loss_fn=seed000_loss)
+    assert set(report.ids) == set(DEPENDENCY)
+    mixing = report.get("batch-mixing")[0]
+    assert mixing.severity == "error"
+    assert mixing.evidence["cross_sample"][0]["max_abs_grad"] > 0
+    assert any("batch_first=False" in s for s in mixing.evidence["attention_over_batch_axis"])
+    causal = report.get("causal-leak")[0]
+    # batch_first hides the future from the gradient probe; the observed decoder attention proves it
+    assert causal.evidence["max_abs_grad_future"] == 0.0
+    assert causal.evidence["self_attention_without_causal_mask"]
+    assert "batch" in causal.evidence["note"]
+    padding = report.get("padding-leak")[0]
+    observed = padding.evidence["attention_masks_observed"]
+    assert {o["mask"] for o in observed} >= {"attention_mask", "target_attention_mask"}
+    assert all(o["transposed"] for o in observed)
+
+
+def test_seed000_fixed_chatbot_is_clean():
+    report = run(Seed000Chatbot(fixed=True), seed000_batch(), forward=seed000_forward(False), loss_fn=fixed_loss)
+    assert report.ids == []
+    assert report.info["task"] == "seq2seq"
+    assert report.info["passes"] == {"forward": 1, "backward": 2}
+
+
+def test_missing_tgt_mask_is_proved_by_gradient_when_layout_is_right():
+    model = Seed000Chatbot(fixed=True, causal=False)
+    report = run(model, seed000_batch(), forward=seed000_forward(False), loss_fn=fixed_loss)
+    assert report.ids == ["causal-leak"]
+    ev = report.get("causal-leak")[0].evidence
+    assert ev["max_abs_grad_future"] > 0 and ev["future_positions_seen_count"] >= 5
+    assert ev["decoder_input"] == "target_inputs"
+
+
+def test_inverted_key_padding_mask_with_right_layout():
+    model = Seed000Chatbot(fixed=True, invert_masks=True)
+    report = run(model, seed000_batch(), forward=seed000_forward(False), loss_fn=fixed_loss)
+    assert report.ids == ["padding-leak"]
+    f = report.get("padding-leak")[0]
+    assert f.evidence["dependency_on_pads"][0]["max_abs_grad_at_pads"] > 0
+    assert not f.evidence["attention_masks_observed"][0]["transposed"]
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_decoder_only_lm_causal_mask(causal):
+    report = run(TinyDecoderLM(causal=causal), lm_batch(), loss_fn=lm_loss)
+    assert report.info["task"] == "causal-lm"
+    assert report.ids == ([] if causal else ["causal-leak"])
+
+
+def test_decoder_only_without_key_padding_mask_and_right_padding_is_clean():
+    # right padding + causal mask: real tokens never see the pads, even with no key-padding mask
+    batch = lm_batch()
+    report = run(TinyDecoderLM(causal=True), batch, forward=lambda m, b: m(b["input_ids"]), loss_fn=lm_loss)
+    assert report.ids == []
+
+
+@pytest.mark.parametrize("mask_pads", [True, False])
+def test_classifier_pooling_over_pads(mask_pads):
+    batch = lm_batch()
+    batch["labels"] = torch.tensor([0, 1, 2, 1])
+    report = run(PoolingClassifier(mask_pads=mask_pads), batch)
+    assert report.info["task"] == "classification"
+    assert report.ids == ([] if mask_pads else ["padding-leak"])
+
+
+class BatchNormNet(nn.Module):
+    def __init__(self, mix: bool = False):
+        super().__init__()
+        self.mix = mix
+        self.net = nn.Sequential(nn.Linear(6, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 3))
+
+    def forward(self, x):
+        if self.mix:  # "normalises" with statistics of the whole batch, also at inference
+            x = x - x.mean(0, keepdim=True)
+        return self.net(x)
+
+
+@pytest.mark.parametrize("mix", [False, True])
+def test_batchnorm_is_not_mixing_but_batch_statistics_at_inference_are(mix):
+    model = BatchNormNet(mix).train()
+    x, y = torch.randn(8, 6), torch.randint(0, 3, (8,))
+    report = run(model, (x, y), forward=lambda m, b: m(b[0]), loss_fn=lambda o, b: nn.functional.cross_entropy(o, b[1]))
+    assert report.ids == (["batch-mixing"] if mix else [])
+    assert model.training  # restored
+
+
+def test_batch_of_one_cannot_mix():
+    batch = {k: v[:1] for k, v in lm_batch().items()}
+    assert "batch-mixing" not in run(TinyDecoderLM(causal=True), batch, loss_fn=lm_loss)
