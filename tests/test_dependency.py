@@ -122,3 +122,53 @@ def test_batchnorm_is_not_mixing_but_batch_statistics_at_inference_are(mix):
 def test_batch_of_one_cannot_mix():
     batch = {k: v[:1] for k, v in lm_batch().items()}
     assert "batch-mixing" not in run(TinyDecoderLM(causal=True), batch, loss_fn=lm_loss)
+
+
+# ---------------------------------------------------------------- Hugging Face models from configs
+transformers = pytest.importorskip("transformers")
+
+
+def _hf_batch(B: int = 4, T: int = 12, V: int = 100):
+    g = torch.Generator().manual_seed(3)
+    ids = torch.randint(3, V, (B, T), generator=g)
+    mask = torch.ones(B, T, dtype=torch.long)
+    mask[1, -4:] = 0
+    mask[3, -6:] = 0
+    return ids.masked_fill(mask == 0, 0), mask
+
+
+def _gpt2():
+    cfg = transformers.GPT2Config(vocab_size=100, n_embd=32, n_layer=2, n_head=2, n_positions=64,
+                                  pad_token_id=0, eos_token_id=0, bos_token_id=0)
+    return transformers.GPT2LMHeadModel(cfg)
+
+
+def test_hf_gpt2_right_padded_with_mask_is_clean():
+    ids, mask = _hf_batch()
+    report = run(_gpt2(), {"input_ids": ids, "attention_mask": mask, "labels": ids.masked_fill(mask == 0, -100)})
+    assert report.ids == []
+    assert report.info["task"] == "causal-lm"
+
+
+def test_hf_gpt2_left_padded_without_attention_mask_leaks_padding():
+    ids, mask = _hf_batch()
+    ids, mask = torch.flip(ids, [1]), torch.flip(mask, [1])
+    labels = ids.masked_fill(mask == 0, -100)
+    assert run(_gpt2(), {"input_ids": ids, "labels": labels}).ids == ["padding-leak"]
+    assert run(_gpt2(), {"input_ids": ids, "attention_mask": mask, "labels": labels}).ids == []
+
+
+def test_hf_bert_classifier_and_t5_are_clean():
+    ids, mask = _hf_batch()
+    bert = transformers.BertForSequenceClassification(transformers.BertConfig(
+        vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, num_labels=3))
+    report = run(bert, {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([0, 1, 2, 1])})
+    assert report.ids == [] and report.info["task"] == "classification"
+    t5 = transformers.T5ForConditionalGeneration(transformers.T5Config(
+        vocab_size=100, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=2, decoder_start_token_id=0,
+        pad_token_id=0))
+    labels = torch.randint(3, 100, (4, 8))
+    labels[0, -2:] = -100
+    report = run(t5, {"input_ids": ids, "attention_mask": mask, "labels": labels})
+    assert report.ids == [] and report.info["task"] == "seq2seq"
+    assert report.info["passes"] == {"forward": 1, "backward": 2}

@@ -121,9 +121,26 @@ class _LossObserver(TorchFunctionMode):
                         reduction=kwargs.get("reduction", "mean"),
                         label_smoothing=float(kwargs.get("label_smoothing", 0.0) or 0.0),
                         weight=kwargs.get("weight")))
+                    if name in _LOSS_DEFAULT_IGNORE and not tgt.is_floating_point() and inp.dim() >= 1:
+                        args, kwargs = _in_range_targets(inp, tgt, ignore, args, kwargs)
             except Exception:  # observation must never change what the user's code does
                 pass
         return func(*args, **kwargs)
+
+
+def _in_range_targets(inp: torch.Tensor, tgt: torch.Tensor, ignore: int | None, args: tuple[Any, ...],
+                      kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """Out-of-range class targets raise on CPU ("Target 2 is out of bounds") and kill the CUDA context
+    (device-side assert). The call is recorded with its real targets (the label-out-of-range probe
+    reports them); the loss itself is computed with those targets ignored, so the check goes on.
+    No host sync: the replacement is a ``torch.where``."""
+    n_classes = inp.shape[1] if inp.dim() >= 2 else inp.shape[0]
+    fill = -100 if ignore is None else ignore
+    bad = (tgt >= n_classes) | ((tgt < 0) & (tgt != fill))
+    safe = torch.where(bad, torch.full_like(tgt, fill), tgt)
+    if len(args) > 1:
+        return (args[0], safe, *args[2:]), kwargs
+    return args, {**kwargs, "target": safe}
 
 
 def _same_tensor(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -174,7 +191,7 @@ class ProbeContext:
             ids = args[0] if args else None
             if not (isinstance(ids, torch.Tensor) and isinstance(out, torch.Tensor)):
                 return None
-            if ids.dim() != 2 or ids.shape[0] != B or B < 1:
+            if ids.dim() != 2 or ids.shape[0] != B or out.shape[0] != B or B < 1:
                 return None  # position ids (1, T), flattened inputs: not a per-sample stream
             name = next((n for n, t in batch_ids.items() if _same_tensor(t, ids)), None)
             if not out.requires_grad:
@@ -416,9 +433,12 @@ class ProbeContext:
         if pad is None:
             return None
         is_pad = stream.ids == pad
-        # only runs of pads at the end (right padding) or start (left padding) are padding
+        # only runs of pads at the end (right padding) or start (left padding) are padding; a pad id
+        # that starts every sample is a start token (T5's decoder_start_token_id, seed 000's eos), not padding
         trailing = torch.flip(torch.cumprod(torch.flip(is_pad, [1]).int(), 1), [1]).bool()
         leading = torch.cumprod(is_pad.int(), 1).bool()
+        if bool(is_pad[:, 0].all()):
+            leading = torch.zeros_like(leading)
         return ~(trailing | leading)
 
     def attention_mask_for(self, stream: Stream) -> torch.Tensor | None:
