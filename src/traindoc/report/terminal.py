@@ -20,16 +20,35 @@ def _evidence_lines(evidence: dict[str, Any], limit: int = 12) -> list[str]:
     return lines
 
 
+def _print_info(info: dict[str, Any], console: Any) -> None:
+    """What traindoc inferred and measured: scalars on one line, dicts as key=value, lists of records
+    (e.g. the decoded samples) as a table."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    scalars = [f"{k}={v}" for k, v in info.items() if not isinstance(v, (dict, list))]
+    if scalars:
+        console.print("[dim]traindoc " + escape(", ".join(scalars)) + "[/dim]")
+    for key, value in info.items():
+        if isinstance(value, dict):
+            console.print(f"[dim]{escape(key)}: " + escape(", ".join(f"{k}={v}" for k, v in value.items())) + "[/dim]")
+        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            columns = list(dict.fromkeys(k for row in value for k in row))
+            table = Table(title=key, title_justify="left", show_lines=False, expand=True)
+            for c in columns:
+                table.add_column(escape(str(c)), overflow="fold")
+            for row in value:
+                table.add_row(*(escape(str(row.get(c, ""))) for c in columns))
+            console.print(table)
+
+
 def print_report(report: Any, console: Any = None) -> None:
     from rich.console import Console
     from rich.markup import escape
     from rich.panel import Panel
 
     console = console or Console()
-    info = report.info
-    if info:
-        parts = [f"{k}={v}" for k, v in info.items() if not isinstance(v, (dict, list))]
-        console.print("[dim]traindoc " + escape(", ".join(parts)) + "[/dim]")
+    _print_info(report.info, console)
     if not report.findings:
         console.print("[bold green]No findings: every probe passed.[/bold green]")
         return
