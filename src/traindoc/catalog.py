@@ -30,19 +30,24 @@ _ENTRIES = [
     Entry(
         "label-out-of-range", "data",
         "Some targets are outside the classes the model predicts (>= the output width, num_labels "
-        "or vocab size, or negative other than ignore_index). CrossEntropy then reads out of bounds: "
-        "NaN loss on CPU, a device-side assert on CUDA.",
+        "or vocab size, or negative other than ignore_index; BCE targets outside [0, 1]). CrossEntropy "
+        "then reads out of bounds: NaN loss or 'Target is out of bounds' on CPU, a device-side assert on "
+        "CUDA.",
         "The targets the loss actually receives are compared with the width of the logits it "
-        "receives, respecting its ignore_index; the offending sample indices and values are listed.",
+        "receives, respecting its ignore_index; the offending sample indices and values are listed, "
+        "with where the width comes from (config.num_labels, the vocabulary). traindoc's own pass "
+        "ignores those targets so that the rest of the check can run.",
         "Remap the labels to 0..C-1, or build the head with the right number of classes "
         "(`num_labels=C` in Hugging Face); mark positions to skip with -100, not another value.",
     ),
     Entry(
         "pad-equals-eos", "data",
         "The pad token is the EOS token and the EOS targets are masked out of the loss (or never "
-        "present), so the model never learns to end a sequence and generation runs on.",
+        "present), so the model never learns to end a sequence and generation runs on; or the pads "
+        "are left in the labels, so every pad is an EOS target.",
         "pad_token_id == eos_token_id on the tokenizer or config, and the targets that reach the "
-        "loss contain no EOS while the batch's targets do (or the batch has no real EOS at all).",
+        "loss contain no EOS while the batch's targets or inputs hold real ones (error; a warning when "
+        "the batch has no real EOS at all), or EOS targets reach the loss at pad positions (error).",
         "Mask padding by the attention mask, not by token id: set labels to -100 where "
         "attention_mask == 0 and keep the first EOS of each sequence as a target; or add a "
         "dedicated pad token (`tokenizer.add_special_tokens({'pad_token': '[PAD]'})` and resize "
@@ -52,8 +57,10 @@ _ENTRIES = [
         "padding-in-loss", "data",
         "Padding positions are counted in the loss: the model is trained to predict pad tokens, "
         "which lowers the loss without learning anything and biases generation.",
-        "Targets at positions where the attention mask is 0 (or equal to the pad id) reach the "
-        "loss with a weight, not as ignore_index.",
+        "Targets at positions where the attention mask is 0 reach the loss with a weight, not as "
+        "ignore_index (error); without an attention mask, trailing runs of the pad id (warning). Each "
+        "loss target is mapped back to its batch position (same, shifted inside the model, or a "
+        "masked selection, where more targets of a value than real positions hold is the proof).",
         "Set labels to -100 (the ignore_index) where attention_mask == 0, e.g. "
         "`labels = labels.masked_fill(attention_mask == 0, -100)`, or use "
         "`DataCollatorForLanguageModeling(tokenizer, mlm=False)`.",
@@ -80,8 +87,10 @@ _ENTRIES = [
         "class-imbalance", "data",
         "One class dominates the targets, so predicting it always is a strong baseline the model "
         "must beat before any accuracy means anything.",
-        "The class histogram of the targets in the batch, with the majority class's share and the "
-        "loss and accuracy of the majority/frequency baseline.",
+        "The class histogram of the targets that reach the loss (at least 16), with the majority "
+        "class's share (>= 0.8 for 2-3 classes, >= max(0.5, 3/C) for more, 0.8 for token "
+        "classification) and the accuracy of the majority baseline and the loss of the frequency "
+        "baseline.",
         "Compare your loss with the baseline's; use class weights (`CrossEntropyLoss(weight=...)`) or "
         "a balanced sampler if the minority classes matter.",
     ),
@@ -276,6 +285,17 @@ _ENTRIES = [
         "Weight decay is applied to biases and normalisation weights, which is usually unintended.",
         "Param groups with weight_decay > 0 contain 1-d parameters (biases, LayerNorm weights).",
         "Put biases and norm weights in a param group with weight_decay=0.",
+    ),
+    Entry(
+        "nan-loss", "optimization",
+        "The loss or the gradients became NaN/Inf during training; every step after that either "
+        "skips or writes NaN into the weights.",
+        "The first optimizer step whose logged loss is non-finite or whose gradients hold "
+        "non-finite elements, with the first parameter (model order) whose gradient went "
+        "non-finite; the saved batch is replayed through the nan-forward probe to name the module.",
+        "Look at the module and samples named by nan-forward: fix out-of-range labels, use "
+        "log_softmax/cross_entropy instead of log(softmax), add eps to divisions and norms, lower "
+        "the LR or add warmup and clipping.",
     ),
     # ----------------------------------------------------------- resources
     Entry(

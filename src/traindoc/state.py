@@ -138,7 +138,7 @@ def fingerprint(model: nn.Module, optimizer: torch.optim.Optimizer | None = None
             return
         t = t.detach().cpu().contiguous()
         h.update(str((t.dtype, tuple(t.shape))).encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
 
     for name, p in model.named_parameters():
         h.update(name.encode())

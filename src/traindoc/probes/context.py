@@ -57,6 +57,7 @@ class LossCall:
     reduction: str
     label_smoothing: float = 0.0
     weight: torch.Tensor | None = None
+    output: torch.Tensor | None = None  # what the call returned (per-element losses for reduction="none")
 
 
 @dataclass
@@ -110,22 +111,30 @@ class _LossObserver(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         kwargs = kwargs or {}
         name = LOSS_FUNCTIONS.get(func)
+        recorded = len(self.calls)
         if name is not None and len(args) + len(kwargs) >= 2:
             try:
                 inp = args[0] if args else kwargs.get("input")
                 tgt = args[1] if len(args) > 1 else kwargs.get("target")
                 if isinstance(inp, torch.Tensor) and isinstance(tgt, torch.Tensor):
-                    ignore = kwargs.get("ignore_index", _LOSS_DEFAULT_IGNORE.get(name))
+                    # cross_entropy / nll_loss(input, target, weight, size_average, ignore_index, reduce,
+                    # reduction, ...): read positional arguments too
+                    positional = name in _LOSS_DEFAULT_IGNORE
+                    ignore = kwargs.get("ignore_index", args[4] if positional and len(args) > 4
+                                        else _LOSS_DEFAULT_IGNORE.get(name))
                     self.calls.append(LossCall(
                         fn=name, input=inp, target=tgt.detach(), ignore_index=ignore,
-                        reduction=kwargs.get("reduction", "mean"),
+                        reduction=kwargs.get("reduction", args[6] if positional and len(args) > 6 else "mean"),
                         label_smoothing=float(kwargs.get("label_smoothing", 0.0) or 0.0),
-                        weight=kwargs.get("weight")))
+                        weight=kwargs.get("weight", args[2] if positional and len(args) > 2 else None)))
                     if name in _LOSS_DEFAULT_IGNORE and not tgt.is_floating_point() and inp.dim() >= 1:
                         args, kwargs = _in_range_targets(inp, tgt, ignore, args, kwargs)
             except Exception:  # observation must never change what the user's code does
                 pass
-        return func(*args, **kwargs)
+        result = func(*args, **kwargs)
+        if len(self.calls) > recorded and isinstance(result, torch.Tensor):
+            self.calls[-1].output = result
+        return result
 
 
 def _in_range_targets(inp: torch.Tensor, tgt: torch.Tensor, ignore: int | None, args: tuple[Any, ...],
