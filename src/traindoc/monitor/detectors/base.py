@@ -1,0 +1,134 @@
+"""The `Detector` base class and the small streaming statistics the detectors share.
+
+A detector is a pure judge over host-side `StepRecord`s: `update(record)` is called once per
+optimizer step, in step order, and returns the findings that became certain at that step;
+`finalize()` is called once at close and returns findings that need the whole run. Detectors keep
+O(window) memory and report each id at most once (a few detectors, once per distinct layer set), so
+a broken run produces a handful of findings, not a flood.
+
+    >>> w = RollingWindow(5)
+    >>> for x in [1.0, 2.0, 3.0, 100.0, 4.0, 5.0]:
+    ...     w.push(x)
+    >>> w.median(), w.mad(), len(w)
+    (4.0, 1.0, 5)
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections import deque
+from collections.abc import Iterable
+from typing import Any
+
+from traindoc.catalog import entry
+from traindoc.findings import Finding, Severity
+from traindoc.monitor.record import StepRecord
+
+
+def finite(value: float | None) -> bool:
+    """True for a real, finite number (None, NaN and +-Inf are not)."""
+    return value is not None and isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def median(values: Iterable[float]) -> float:
+    """Median of a non-empty iterable (mean of the two middle values for an even count)."""
+    s = sorted(values)
+    n = len(s)
+    if n == 0:
+        raise ValueError("median of an empty sequence")
+    mid = n // 2
+    return s[mid] if n % 2 else 0.5 * (s[mid - 1] + s[mid])
+
+
+def quantile(values: Iterable[float], q: float) -> float:
+    """Linear-interpolation quantile (numpy's default) of a non-empty iterable."""
+    s = sorted(values)
+    if not s:
+        raise ValueError("quantile of an empty sequence")
+    pos = q * (len(s) - 1)
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+
+
+def max_lr(record: StepRecord) -> float | None:
+    """The largest finite LR of the record's param groups, None when no LR was recorded."""
+    lrs = [x for x in record.lr if finite(x)]
+    return max(lrs) if lrs else None
+
+
+class RollingWindow:
+    """The last `size` values, kept sorted too, for O(size) rolling median and MAD."""
+
+    def __init__(self, size: int):
+        if size < 1:
+            raise ValueError("window size must be >= 1")
+        self.size = size
+        self._fifo: deque[float] = deque()
+        self._sorted: list[float] = []
+
+    def push(self, value: float) -> None:
+        self._fifo.append(value)
+        bisect.insort(self._sorted, value)
+        if len(self._fifo) > self.size:
+            old = self._fifo.popleft()
+            del self._sorted[bisect.bisect_left(self._sorted, old)]
+
+    def __len__(self) -> int:
+        return len(self._fifo)
+
+    @property
+    def full(self) -> bool:
+        return len(self._fifo) >= self.size
+
+    def values(self) -> list[float]:
+        return list(self._fifo)
+
+    def median(self) -> float:
+        s, n = self._sorted, len(self._sorted)
+        if n == 0:
+            raise ValueError("median of an empty window")
+        mid = n // 2
+        return s[mid] if n % 2 else 0.5 * (s[mid - 1] + s[mid])
+
+    def mad(self) -> float:
+        """Median absolute deviation from the median (multiply by 1.4826 for a Gaussian sigma)."""
+        m = self.median()
+        return median(abs(x - m) for x in self._sorted)
+
+    def clear(self) -> None:
+        self._fifo.clear()
+        self._sorted.clear()
+
+
+class Detector:
+    """Base class of the streaming detectors (see the module docstring for the contract).
+
+    Subclasses set `ids` (every finding id they may emit; `id` is the first) and `wants_layers`
+    (True when they read the `layer_*` dicts, which the monitor then fills every K steps).
+    """
+
+    ids: tuple[str, ...] = ()
+    wants_layers: bool = False
+
+    @property
+    def id(self) -> str:
+        return self.ids[0]
+
+    def update(self, record: StepRecord) -> list[Finding]:  # pragma: no cover - overridden
+        return []
+
+    def finalize(self) -> list[Finding]:
+        return []
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(ids={self.ids})"
+
+
+def make_finding(finding_id: str, severity: Severity, title: str, evidence: dict[str, Any],
+                 fix: str = "") -> Finding:
+    """A finding whose fix is the given specific advice followed by the catalog's generic fix."""
+    generic = entry(finding_id).fix
+    full_fix = f"{fix} {generic}".strip() if fix else generic
+    return Finding(finding_id, severity, title, evidence, full_fix)

@@ -1,0 +1,108 @@
+"""`stalled-layers`: layers whose weights barely move while the rest of the model trains.
+
+Seed 002's question, "do the head's weights move?", answered with numbers. Needs the per-layer
+dicts (``wants_layers``). On every sample of ``layer_update_ratio`` (||w_after - w_before|| /
+||w_before|| of that step), a layer counts as *tiny* when its ratio is < ``tiny`` = 1e-6 (a healthy
+update is ~1e-3; 1e-6 means the layer needs ~1e6 steps to change by its own size). A layer is
+*stalled* when it was tiny on ``min_samples`` = 5 consecutive samples spanning at least
+``min_steps`` = 20 optimizer steps, while the layers that are not tiny move: their median ratio is
+at least ``moving`` = 1e-4 (otherwise the whole model is slow, which is ``lr-too-low``'s call, or
+the LR is in warmup / annealed to ~0).
+
+Reported (warning) when the first stalled layers appear, with the layer names, each one's median
+ratio and gradient norm (a non-zero gradient with no update means "not in the optimizer" or an LR
+of ~0 for its param group; a zero gradient means "not connected to the loss"), the median ratio of
+the moving layers, the threshold and the window. Layers that stall later are reported once more at
+``finalize`` (at most two findings in all). Layers with non-finite ratios (zero weights) are
+skipped. The monitor must leave intentionally frozen modules (no trainable parameter) out of the
+dicts.
+"""
+
+from __future__ import annotations
+
+from traindoc.findings import Finding
+from traindoc.monitor.detectors.base import Detector, finite, make_finding, median
+from traindoc.monitor.record import StepRecord
+
+
+class StalledLayersDetector(Detector):
+    ids = ("stalled-layers",)
+    wants_layers = True
+
+    def __init__(self, tiny: float = 1e-6, moving: float = 1e-4, min_samples: int = 5,
+                 min_steps: int = 20):
+        self.tiny = tiny
+        self.moving = moving
+        self.min_samples = min_samples
+        self.min_steps = min_steps
+        self._streak: dict[str, tuple[int, int, list[float]]] = {}  # layer -> (count, first step, ratios)
+        self._grad: dict[str, float | None] = {}
+        self._stalled: dict[str, dict[str, float | int | None]] = {}
+        self._reported: set[str] = set()
+        self._moving_median: float | None = None
+        self._findings = 0
+
+    def update(self, record: StepRecord) -> list[Finding]:
+        ratios = record.layer_update_ratio
+        if not ratios:
+            return []
+        grads = record.layer_grad_norm or {}
+        tiny, moving = [], []
+        for name, r in ratios.items():
+            if not finite(r):
+                continue
+            if r < self.tiny:
+                tiny.append(name)
+            else:
+                moving.append(r)
+                self._streak.pop(name, None)
+        if not moving:
+            for name in tiny:  # the whole model is still: no judgement about single layers
+                self._streak.pop(name, None)
+            return []
+        moving_median = median(moving)
+        if moving_median < self.moving:
+            return []
+        self._moving_median = moving_median
+        new: list[str] = []
+        for name in tiny:
+            count, since, history = self._streak.get(name, (0, record.step, []))
+            history = (history + [ratios[name]])[-self.min_samples * 4:]
+            self._streak[name] = (count + 1, since, history)
+            if count + 1 >= self.min_samples and record.step - since >= self.min_steps:
+                self._stalled[name] = {"median_ratio": median(history), "since_step": since,
+                                       "grad_norm": grads.get(name), "samples": count + 1}
+                if name not in self._reported:
+                    new.append(name)
+        if new and self._findings == 0:
+            return [self._finding(new, record.step)]
+        return []
+
+    def finalize(self) -> list[Finding]:
+        late = [n for n in self._stalled if n not in self._reported]
+        if late and self._findings < 2:
+            return [self._finding(late, None)]
+        return []
+
+    def _finding(self, names: list[str], step: int | None) -> Finding:
+        self._reported.update(names)
+        self._findings += 1
+        layers = {n: self._stalled[n] for n in names}
+        worst = max(v["median_ratio"] for v in layers.values())  # type: ignore[type-var]
+        evidence = {"step": step if step is not None else min(v["since_step"] for v in layers.values()),
+                    "value": worst, "threshold": self.tiny, "window": self.min_samples,
+                    "min_steps": self.min_steps, "layers": layers,
+                    "moving_layers_median_ratio": self._moving_median}
+        no_grad = [n for n, v in layers.items() if v["grad_norm"] == 0]
+        with_grad = [n for n, v in layers.items() if v["grad_norm"]]
+        hints = []
+        if with_grad:
+            hints.append(f"{', '.join(with_grad)} receive gradients but do not move: are they in the "
+                         "optimizer's param groups, with a non-zero LR?")
+        if no_grad:
+            hints.append(f"{', '.join(no_grad)} receive no gradient: is their output used by the loss?")
+        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        return make_finding(
+            "stalled-layers", "warning",
+            f"{len(names)} layer(s) do not move (update/weight ratio <= {worst:.2g}, others "
+            f"~{self._moving_median:.2g}): {shown}", evidence, " ".join(hints))
