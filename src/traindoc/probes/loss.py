@@ -12,8 +12,6 @@ Both read the loss calls the main pass observed (the exact tensors that reached 
   for ``cross_entropy`` (or ``nll_loss`` on log-probabilities), ln 2 + 1 for BCE-with-logits: the
   output layer is badly scaled. Default-initialised layers and Hugging Face inits start near ln C.
 
-Importing this module also registers ``nan-forward`` (`traindoc.probes.nan_forward`).
-
     >>> import torch
     >>> from traindoc.probes.loss import producer
     >>> producer(torch.randn(2, 3, requires_grad=True).softmax(-1).view(6))
@@ -29,7 +27,6 @@ import torch
 from torch import nn
 
 from traindoc.findings import Finding
-from traindoc.probes import nan_forward as _nan_forward  # noqa: F401  (registers nan-forward)
 from traindoc.probes.nan_forward import per_element_loss
 from traindoc.probes.registry import probe
 

@@ -33,6 +33,6 @@ def probe(name: str, category: str) -> Callable[[ProbeFn], ProbeFn]:
 
 def all_probes() -> list[Probe]:
     """Every registered probe (importing the probe modules registers them)."""
-    from traindoc.probes import data, dependency, loss, memory, optimizer, params  # noqa: F401
+    from traindoc.probes import data, dependency, loss, memory, nan_forward, optimizer, params  # noqa: F401
 
     return list(PROBES)
