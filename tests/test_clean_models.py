@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-import traindoc
 import model_zoo
 import seq_models
+import traindoc
 from data_models import (
     bert_style_tokenizer,
     classification_encoding,

@@ -38,11 +38,14 @@ def test_severity_is_checked_and_ok_means_no_error():
 
 
 def test_catalog_ids_are_kebab_case_and_mission_ids_exist():
-    mission = ("label-out-of-range pad-equals-eos padding-in-loss labels-not-shifted repeated-batch class-imbalance "
-               "loss-at-chance batch-mixing causal-leak padding-leak nan-forward init-loss-mismatch double-softmax "
-               "no-grad-params params-not-in-optimizer train-mode-off lr-too-high lr-too-low missing-zero-grad "
-               "scheduler-misuse grad-accum-normalization loss-spike divergence loss-plateau vanishing-gradients "
-               "exploding-gradients stalled-layers oom-risk").split()
+    mission = [
+        "label-out-of-range", "pad-equals-eos", "padding-in-loss", "labels-not-shifted", "repeated-batch",
+        "class-imbalance", "loss-at-chance", "batch-mixing", "causal-leak", "padding-leak", "nan-forward",
+        "init-loss-mismatch", "double-softmax", "no-grad-params", "params-not-in-optimizer",
+        "train-mode-off", "lr-too-high", "lr-too-low", "missing-zero-grad", "scheduler-misuse",
+        "grad-accum-normalization", "loss-spike", "divergence", "loss-plateau", "vanishing-gradients",
+        "exploding-gradients", "stalled-layers", "oom-risk",
+    ]
     assert set(mission) <= set(CATALOG)
     for fid in CATALOG:
         assert fid == fid.lower() and " " not in fid and "_" not in fid

@@ -73,13 +73,20 @@ class RunDirWriter:
             raise ValueError(f"unknown stream {stream!r}; one of {STREAMS}")
         self._pending[stream].append(json.dumps(jsonable(record), allow_nan=False))
 
+    def append_plain(self, stream: str, record: dict[str, Any]) -> None:
+        """Like `append`, for a record already made of plain JSON values (ints, finite floats, str,
+        lists, dicts): skips the `jsonable` walk, which dominates for long histogram lines."""
+        if stream not in self._pending:
+            raise ValueError(f"unknown stream {stream!r}; one of {STREAMS}")
+        self._pending[stream].append(json.dumps(record, allow_nan=False))
+
     def flush(self) -> None:
         for stream, lines in self._pending.items():
             if not lines:
                 continue
             f = self._files.get(stream)
             if f is None:
-                f = self._files[stream] = open(self.path / f"{stream}.jsonl", "a", encoding="utf-8")
+                f = self._files[stream] = open(self.path / f"{stream}.jsonl", "a", encoding="utf-8")  # noqa: SIM115 (kept open, closed in close())
             f.write("\n".join(lines) + "\n")
             f.flush()
             os.fsync(f.fileno())
