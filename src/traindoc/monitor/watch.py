@@ -70,6 +70,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from traindoc.catalog import entry
 from traindoc.errors import TraindocInputError
 from traindoc.findings import Finding, Report
 from traindoc.monitor import stats as _stats
@@ -314,6 +315,11 @@ class Watch:
         self.frozen_params = [n for n, p in named if not p.requires_grad]
         self.frozen_in_optimizer = [n for n, p in named if not p.requires_grad and id(p) in in_opt]
         self.not_in_optimizer = [n for n, p in named if p.requires_grad and id(p) not in in_opt]
+        # Trainable parameters outside this optimizer: a cheap device-side fingerprint now, compared at
+        # close. If they never moved, no optimizer updates them (seed 002's "the head never moves").
+        outside = [p for n, p in named if p.requires_grad and id(p) not in in_opt]
+        self._outside_fingerprint = _fingerprints(outside) if outside else None
+        self._outside = outside
         layers: list[str] = []
         layer_of: list[int] = []
         seen: dict[str, int] = {}
@@ -954,6 +960,7 @@ class Watch:
         self._undo.clear()
         if _ACTIVE.get(self.optimizer) is self:
             del _ACTIVE[self.optimizer]
+        self._safe("params-not-in-optimizer", self._judge_params_outside)
         findings = list(self._findings)
         for err in self._errors.values():
             findings.append(Finding("probe-failed", "hint",
@@ -974,6 +981,27 @@ class Watch:
         self._snapshot = None
         self.report = report
         return report
+
+    def _judge_params_outside(self) -> None:
+        """Trainable parameters outside the optimizer that did not move during the run: proved stuck."""
+        if self._outside_fingerprint is None or self._step == 0:
+            return
+        same = (_fingerprints(self._outside) == self._outside_fingerprint).all(1).cpu().tolist()
+        stuck = [(n, p) for n, p, unchanged in zip(self.not_in_optimizer, self._outside, same, strict=True)
+                 if unchanged]
+        if not stuck:
+            return
+        with_grad = [n for n, p in stuck if p.grad is not None and bool(p.grad.abs().sum() > 0)]
+        modules = sorted({n.rsplit(".", 1)[0] if "." in n else "(root)" for n, _ in stuck})
+        evidence = {"step": self._step, "steps": self._step, "modules": modules[:20],
+                    "parameters": [n for n, _ in stuck][:50], "count": len(stuck),
+                    "numel": sum(p.numel() for _, p in stuck), "receiving_gradients": with_grad[:50]}
+        self._add_finding(Finding(
+            "params-not-in-optimizer", "error",
+            f"{len(stuck)} trainable parameter(s) in {', '.join(modules[:3])}{'...' if len(modules) > 3 else ''} "
+            f"are in no param group and never moved in {self._step} steps"
+            + (f" although {len(with_grad)} receive gradients" if with_grad else ""),
+            evidence=evidence, fix=entry("params-not-in-optimizer").fix), None)
 
     def _info(self) -> dict[str, Any]:
         info: dict[str, Any] = {
@@ -1020,6 +1048,13 @@ class Watch:
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
         return f"Watch({type(self.model).__name__}, steps={self._step}, run_dir={str(self.run_dir)!r}, {state})"
+
+
+def _fingerprints(params: list[torch.Tensor]) -> torch.Tensor:
+    """(n, 2) device tensor: sum and L2 norm of each parameter — changes when any weight moves."""
+    with torch.no_grad():
+        return torch.stack([torch.stack([p.detach().float().sum(), torch.linalg.vector_norm(p.detach().float())])
+                            for p in params])
 
 
 def watch(model: torch.nn.Module, optimizer: Any, *, run_dir: str | Path | None = None,

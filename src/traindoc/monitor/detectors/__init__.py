@@ -16,6 +16,7 @@ zero_grad              missing-zero-grad                           no
 scheduler              scheduler-misuse                            no
 clipping               aggressive-clipping                         no
 grad_accum             grad-accum-normalization                    no
+train_mode             train-mode-off                              no
 =====================  ==========================================  ========================
 
     >>> from traindoc.monitor.record import StepRecord
@@ -44,13 +45,14 @@ from traindoc.monitor.detectors.loss_spike import LossSpikeDetector
 from traindoc.monitor.detectors.nan_loss import NanLossDetector
 from traindoc.monitor.detectors.scheduler import SchedulerMisuseDetector
 from traindoc.monitor.detectors.stalled_layers import StalledLayersDetector
+from traindoc.monitor.detectors.train_mode import TrainModeOffDetector
 from traindoc.monitor.detectors.zero_grad import MissingZeroGradDetector
 
 __all__ = [
     "DETECTOR_TYPES", "AggressiveClippingDetector", "Detector", "DivergenceDetector", "GradAccumDetector",
     "GradientScaleDetector", "LearningRateDetector", "LossPlateauDetector", "LossSpikeDetector",
     "MissingZeroGradDetector", "NanLossDetector", "RollingWindow", "SchedulerMisuseDetector",
-    "StalledLayersDetector", "default_detectors",
+    "StalledLayersDetector", "TrainModeOffDetector", "default_detectors",
 ]
 
 DETECTOR_TYPES: dict[str, type[Detector]] = {
@@ -65,6 +67,7 @@ DETECTOR_TYPES: dict[str, type[Detector]] = {
     "scheduler": SchedulerMisuseDetector,
     "clipping": AggressiveClippingDetector,
     "grad_accum": GradAccumDetector,
+    "train_mode": TrainModeOffDetector,
 }
 """Option name (the module name) -> detector class, in reporting order."""
 
