@@ -30,7 +30,9 @@ def _print_info(info: dict[str, Any], console: Any) -> None:
     if scalars:
         console.print("[dim]traindoc " + escape(", ".join(scalars)) + "[/dim]")
     for key, value in info.items():
-        if isinstance(value, dict):
+        if isinstance(value, dict) and isinstance(value.get("summary"), str):
+            console.print(f"[dim]{escape(key)}: {escape(value['summary'])}[/dim]")
+        elif isinstance(value, dict):
             console.print(f"[dim]{escape(key)}: " + escape(", ".join(f"{k}={v}" for k, v in value.items())) + "[/dim]")
         elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
             columns = list(dict.fromkeys(k for row in value for k in row))
