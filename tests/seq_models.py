@@ -4,27 +4,13 @@ padding."""
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
+from traindoc.demo.model import PositionalEncoding  # the seed's, as the demo builds it
+
 V, E, H = 50, 32, 4
 EOS = 0  # pad == eos, as GPT-2's tokenizer gives
-
-
-class PositionalEncoding(nn.Module):
-    def __init__(self, d: int, max_len: int = 64):
-        super().__init__()
-        pos = torch.arange(max_len).unsqueeze(1)
-        div = torch.exp(torch.arange(0, d, 2) * (-math.log(10000.0) / d))
-        pe = torch.zeros(max_len, d)
-        pe[:, 0::2] = torch.sin(pos * div)
-        pe[:, 1::2] = torch.cos(pos * div)
-        self.register_buffer("pe", pe)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, E)
-        return x + self.pe[: x.shape[1]]
 
 
 class Seed000Chatbot(nn.Module):
@@ -37,9 +23,9 @@ class Seed000Chatbot(nn.Module):
         self.causal = fixed if causal is None else causal
         self.hf_masks_as_kpm = (not fixed) if invert_masks is None else invert_masks
         self.enc_emb = nn.Embedding(V, E)
-        self.enc_pos = PositionalEncoding(E)
+        self.enc_pos = PositionalEncoding(E, 64)
         self.dec_emb = nn.Embedding(V, E)
-        self.dec_pos = PositionalEncoding(E)
+        self.dec_pos = PositionalEncoding(E, 64)
         self.transformer = nn.Transformer(E, H, num_encoder_layers=1, num_decoder_layers=1, dim_feedforward=64,
                                           dropout=0.1, activation="gelu", norm_first=True,
                                           batch_first=self.batch_first)

@@ -68,7 +68,7 @@ class TrainingState:
         self.optimizer = optimizer
         with torch.no_grad():
             self.params = [(p, p.detach().clone(), None if p.grad is None else p.grad.detach().clone(),
-                            p.requires_grad) for p in _unique_params(model, optimizer)]
+                            p.requires_grad) for p in unique_params(model, optimizer)]
             self.buffers = [(m, name, None if b is None else b.detach().clone())
                             for m in model.modules() for name, b in m._buffers.items()]
         self.modes = [(m, m.training) for m in model.modules()]
@@ -107,7 +107,8 @@ class TrainingState:
                 group["params"] = list(params)
 
 
-def _unique_params(model: nn.Module, optimizer: torch.optim.Optimizer | None) -> list[torch.Tensor]:
+def unique_params(model: nn.Module, optimizer: torch.optim.Optimizer | None) -> list[torch.Tensor]:
+    """The model's parameters and the optimizer's, each once (by identity), model order first."""
     seen: dict[int, torch.Tensor] = {}
     for p in model.parameters():
         seen.setdefault(id(p), p)

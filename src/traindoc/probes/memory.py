@@ -29,6 +29,7 @@ import torch
 
 from traindoc.findings import Finding
 from traindoc.probes.registry import probe
+from traindoc.state import unique_params
 
 THRESHOLD = 0.9
 
@@ -159,13 +160,7 @@ def memory_estimate(ctx: Any) -> dict[str, Any]:
     """The breakdown (bytes) of what one training step on this batch needs, and the budget."""
     setup = ctx.setup
     model, opt = setup.model, setup.optimizer
-    params: dict[int, torch.Tensor] = {}
-    for p in model.parameters():
-        params.setdefault(id(p), p)
-    if opt is not None:
-        for g in opt.param_groups:
-            for p in g["params"]:
-                params.setdefault(id(p), p)
+    params = {id(p): p for p in unique_params(model, opt)}
     buffers = [b for b in model.buffers() if b is not None]
     weights = sum(_bytes(p) for p in params.values()) + sum(_bytes(b) for b in buffers)
     trainable = [p for p in params.values() if p.requires_grad]
