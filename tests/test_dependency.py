@@ -172,3 +172,30 @@ def test_hf_bert_classifier_and_t5_are_clean():
     report = run(t5, {"input_ids": ids, "attention_mask": mask, "labels": labels})
     assert report.ids == [] and report.info["task"] == "seq2seq"
     assert report.info["passes"] == {"forward": 1, "backward": 2}
+
+
+class SeqFirstCausalLM(nn.Module):
+    """batch_first left False *with* is_causal: causal attention runs over the batch axis, so sample i
+    sees samples < i only (sample 0 sees nothing: the probe must not anchor on it)."""
+
+    def __init__(self, batch_first: bool):
+        super().__init__()
+        self.emb = nn.Embedding(50, 32)
+        layer = nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, batch_first=batch_first)
+        self.enc = nn.TransformerEncoder(layer, 1, enable_nested_tensor=False)
+        self.out = nn.Linear(32, 50)
+
+    def forward(self, x):
+        mask = nn.Transformer.generate_square_subsequent_mask(x.shape[1])
+        return self.out(self.enc(self.emb(x), mask=mask, is_causal=True))
+
+
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_causal_attention_over_the_batch_axis_is_mixing(batch_first):
+    x = torch.randint(1, 50, (4, 10))
+
+    def loss(o, b):
+        return nn.functional.cross_entropy(o[:, :-1].reshape(-1, 50), b[:, 1:].reshape(-1))
+
+    report = run(SeqFirstCausalLM(batch_first), x, loss_fn=loss)
+    assert report.ids == ([] if batch_first else ["batch-mixing"])

@@ -372,6 +372,9 @@ class ProbeContext:
         logits = self.main.logits
         if logits is None:
             return None, "the output has no logits tensor"
+        fns = {c.fn for c in self.main.loss_calls}
+        if fns and fns <= {"mse_loss", "kl_div"}:
+            return None, f"regression or distillation: the loss is {', '.join(sorted(fns))}"
         if logits.dim() == 2:
             return "classification", f"logits of shape {tuple(logits.shape)} are (batch, classes)"
         if logits.dim() != 3:

@@ -62,15 +62,23 @@ def _sample_magnitudes(g: torch.Tensor) -> torch.Tensor:
     return g.detach().abs().float().flatten(1).amax(1)
 
 
+def _middle(candidates: torch.Tensor, batch_size: int) -> int:
+    """The candidate sample nearest the middle of the batch: a layout bug that runs *causal* attention
+    over the batch axis makes sample i depend on samples < i only, so sample 0 would see nothing."""
+    return int(candidates[(candidates.float() - (batch_size - 1) / 2).abs().argmin()])
+
+
 def _anchor(ctx: ProbeContext) -> tuple[int, int | None]:
-    """(sample i, position t0): the sample with the most real decoder tokens, its first real one."""
+    """(sample i, position t0): a sample with the most real decoder tokens, its first real one."""
+    B = ctx.setup.batch_size
     dec = ctx.decoder_stream
     if dec is None:
-        return 0, None
+        return _middle(torch.arange(B), B), None
     real = ctx.real_positions(dec)
     if real is None:
-        return 0, 0
-    i = int(real.sum(1).argmax())
+        return _middle(torch.arange(B), B), 0
+    counts = real.sum(1)
+    i = _middle(torch.nonzero(counts == counts.max()).flatten().cpu(), B)
     idx = torch.nonzero(real[i]).flatten()
     return i, int(idx[0]) if idx.numel() else 0
 
