@@ -482,3 +482,27 @@ def test_oom_risk_measures_existing_optimizer_state():
     mem = xy(model, optimizer=opt).info["memory"]
     weights = sum(p.numel() * 4 for p in model.parameters())
     assert mem["optimizer_state_measured"] == weights and mem["optimizer_state_estimated"] == 0
+
+
+def test_fully_frozen_model_cannot_train_and_its_unfrozen_twin_can():
+    from model_zoo import MLP, ce_loss, classification_batch, xy_forward
+
+    model = MLP()
+    batch = classification_batch()
+    assert "no-grad-params" not in traindoc.check(model, batch, forward=xy_forward, loss_fn=ce_loss)
+    model.requires_grad_(False)
+    report = traindoc.check(model, batch, forward=xy_forward, loss_fn=ce_loss)
+    f = report.get("no-grad-params")
+    assert f and f[0].severity == "error" and f[0].evidence["trainable"] == 0
+
+
+def test_no_loss_is_said_not_hidden():
+    from model_zoo import hf_gpt2
+
+    model, batch = hf_gpt2()
+    batch.pop("labels")
+    report = traindoc.check(model, batch)
+    assert report.ok and [f.id for f in report] == ["probe-skipped"]
+    assert "input_ids" in report.get("probe-skipped")[0].evidence["batch_keys"]
+    model, batch = hf_gpt2()
+    assert "probe-skipped" not in traindoc.check(model, batch)

@@ -83,6 +83,15 @@ def check(
                     evidence={"probe": p.name, "exception": type(e).__name__, "message": str(e)[:500],
                               "where": traceback.format_exception(e)[-2].strip()[:500]},
                     fix="Nothing to fix in your training; this question is unanswered. Please report it."))
+        if ctx.main.loss is None:
+            findings.append(Finding(
+                "probe-skipped", "hint",
+                "No loss to check: the model returned no `loss` and no loss_fn was given, so the loss, "
+                "label and gradient probes had nothing to examine",
+                evidence={"output_type": type(ctx.main.output).__name__,
+                          "batch_keys": list(setup.tensors)},
+                fix="Pass the labels the model expects (Hugging Face: a `labels` entry in the batch) or "
+                    "`loss_fn=lambda output, batch: ...` computing the loss as your loop does."))
         task_name, task_reason = ctx.task
         info = {
             "task": task_name,

@@ -118,7 +118,16 @@ def no_grad_params(ctx: Any) -> list[Finding]:
     model = ctx.setup.model
     loss = ctx.main.loss
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    if loss is None or not trainable:
+    if not trainable:
+        frozen = sum(p.numel() for p in model.parameters())
+        return [Finding(
+            "no-grad-params", "error",
+            f"No parameter of the model is trainable: all {frozen:,} values have requires_grad=False, so "
+            "training cannot change anything",
+            {"num_params": frozen, "trainable": 0},
+            "Unfreeze what should learn, e.g. `for p in model.classifier.parameters(): p.requires_grad_(True)` "
+            "(and build the optimizer on those parameters).")]
+    if loss is None:
         return []
     if not loss.requires_grad:
         total = sum(p.numel() for _, p in trainable)
