@@ -107,8 +107,9 @@ def _run(steps: int | None, out: Path, json_path: str | Path | None, threads: in
     check_failed = _run_checks(console, broken, fixed, batches[0], tok, json_path)
 
     console.print(Rule(f"training both models for {n_steps} steps of {BATCH_SIZE} pairs"))
-    _train(console, (broken, fixed), batches, heldout, n_steps)
+    _train(console, (broken, fixed), batches, heldout, n_steps, out)
     summary = _print_results(console, broken, fixed, heldout)
+    summary["watch"] = _print_watch(console, (broken, fixed), out)
 
     console.print(Rule("greedy replies (batch of one, at most "
                        f"{MAX_REPLY_TOKENS} tokens)"))
@@ -193,7 +194,7 @@ def _run_checks(console: Any, broken: Any, fixed: Any, batch: dict, tok: Any,
     return failed
 
 
-def _train(console: Any, twins: tuple, batches: list, heldout: list, n_steps: int) -> None:
+def _train(console: Any, twins: tuple, batches: list, heldout: list, n_steps: int, out: Path) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from traindoc.demo.train import train_twins
@@ -206,7 +207,29 @@ def _train(console: Any, twins: tuple, batches: list, heldout: list, n_steps: in
         def on_step(twin: Any, step: int, loss: float) -> None:
             progress.update(tasks[twin.name], advance=1, loss=f"{loss:.3f}")
 
-        train_twins(twins, batches, heldout, eval_every=max(1, n_steps // 10), on_step=on_step)
+        train_twins(twins, batches, heldout, eval_every=max(1, n_steps // 10), on_step=on_step,
+                    run_dir=lambda twin: out / f"run-{twin.name}")
+
+
+def _print_watch(console: Any, twins: tuple, out: Path) -> dict[str, Any]:
+    """What traindoc.watch saw during each run, and the HTML report of each run directory."""
+    from traindoc.report.html import write_html_report
+
+    result: dict[str, Any] = {}
+    for twin in twins:
+        report = twin.watch_report
+        if report is None:
+            continue
+        loud = [f for f in report.findings if f.severity != "hint"]
+        html = None
+        try:
+            html = write_html_report(out / f"run-{twin.name}")
+        except Exception as e:  # the demo goes on without the page
+            console.print(f"[yellow]could not render the {twin.name} run's report: {_escape(str(e))}[/yellow]")
+        what = "; ".join(f"{f.id}: {_escape(f.title)}" for f in loud) if loud else "no warning, no error"
+        console.print(f"traindoc.watch({twin.name}): {what}" + (f"  [dim]({html})[/dim]" if html else ""))
+        result[twin.name] = {"findings": [f.to_dict() for f in report.findings], "html": str(html) if html else None}
+    return result
 
 
 def _tail_mean(values: list[float], n: int = 50) -> float:

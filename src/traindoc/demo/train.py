@@ -54,6 +54,7 @@ class Twin:
     scheduler: Any
     train_losses: list[float] = field(default_factory=list)
     heldout: list[tuple[int, float]] = field(default_factory=list)  # (step, held-out loss)
+    watch_report: Any = None  # what traindoc.watch said about this model's training run
 
 
 def make_twins(cfg: ModelConfig, eos_token_id: int, lr: float, seed: int = 0) -> tuple[Twin, Twin]:
@@ -72,8 +73,8 @@ def make_twins(cfg: ModelConfig, eos_token_id: int, lr: float, seed: int = 0) ->
     return twins[0], twins[1]
 
 
-def train_step(twin: Twin, batch: Batch) -> float:
-    """One step of the seed's loop; returns the training loss."""
+def train_step(twin: Twin, batch: Batch, watch: Any = None) -> float:
+    """One step of the seed's loop; returns the training loss (and logs it to `watch`, if given)."""
     twin.model.train()
     output = twin.forward(twin.model, batch)
     loss = twin.loss_fn(output, batch)
@@ -82,6 +83,8 @@ def train_step(twin: Twin, batch: Batch) -> float:
     torch.nn.utils.clip_grad_norm_(twin.model.parameters(), max_norm=1.0)
     twin.optimizer.step()
     twin.scheduler.step()
+    if watch is not None:
+        watch.log(loss=loss.detach())
     value = float(loss.item())
     twin.train_losses.append(value)
     return value
@@ -127,19 +130,28 @@ def prompt_dependence(model: nn.Module, forward: Forward, batches: Sequence[Batc
 
 
 def train_twins(twins: Sequence[Twin], batches: Sequence[Batch], heldout: Sequence[Batch],
-                eval_every: int, on_step: Callable[[Twin, int, float], None] | None = None) -> None:
+                eval_every: int, on_step: Callable[[Twin, int, float], None] | None = None,
+                run_dir: Callable[[Twin], Any] | None = None) -> None:
     """Train each twin on `batches` in turn; evaluate the held-out loss at step 0, every
-    `eval_every` steps and at the end."""
+    `eval_every` steps and at the end. With `run_dir`, each run is watched by `traindoc.watch`
+    into ``run_dir(twin)`` and its report kept at ``twin.watch_report``."""
+    import traindoc
+
     n = len(batches)
     for twin in twins:
-        for step, batch in enumerate(batches):
-            if step % eval_every == 0:
-                twin.heldout.append((step, heldout_loss(twin.model, twin.forward, heldout)))
-            loss = train_step(twin, batch)
-            if on_step is not None:
-                on_step(twin, step, loss)
-            if not math.isfinite(loss):
-                break
+        watch = traindoc.watch(twin.model, twin.optimizer, run_dir=run_dir(twin)) if run_dir else None
+        try:
+            for step, batch in enumerate(batches):
+                if step % eval_every == 0:
+                    twin.heldout.append((step, heldout_loss(twin.model, twin.forward, heldout)))
+                loss = train_step(twin, batch, watch)
+                if on_step is not None:
+                    on_step(twin, step, loss)
+                if not math.isfinite(loss):
+                    break
+        finally:
+            if watch is not None:
+                twin.watch_report = watch.close()
         twin.heldout.append((n, heldout_loss(twin.model, twin.forward, heldout)))
 
 

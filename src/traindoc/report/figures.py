@@ -237,6 +237,10 @@ def lr_figure(run: RunData) -> Any | None:
                                  line={"color": _COLORS[i % len(_COLORS)]}))
     _layout(fig, "Learning rate (per param group)", "optimizer step", "learning rate")
     fig.update_layout(showlegend=True)
+    values = [v for _, ys in groups.values() for v in ys if v is not None]
+    if values and min(values) >= 0 and max(values) > 0:
+        # from 0, so that a constant LR is drawn at its value (plotly spans a flat line over +-1)
+        fig.update_yaxes(range=[0, 1.1 * max(values)], exponentformat="e")
     return fig
 
 
