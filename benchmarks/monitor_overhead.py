@@ -7,7 +7,10 @@ load affect both alike. Two watched settings:
 * default: ``traindoc.watch(model, opt)`` (layer stats every 10 steps, histograms every 100,
   flush every 50);
 * everything every step: ``every=1, histograms_every=1`` (per-layer norms, update/weight ratios
-  and weight+gradient histograms on every step).
+  and weight+gradient histograms on every step);
+
+and, as the reference the issue names, the bare loop under ``torch.autograd.set_detect_anomaly(True)``
+(what people turn on to find a NaN; traindoc instead replays the saved batch only when one appears).
 
 Each round runs ``--steps`` steps; a step's time is measured around forward+backward+clip+step
 (+ ``w.log``) with ``time.perf_counter``; flushes happen inside steps, so their cost is in the
@@ -63,8 +66,13 @@ def make_batches(n: int, batch: int, seq: int, vocab: int) -> list[torch.Tensor]
 def train_round(model: nn.Module, opt: torch.optim.Optimizer, batches: list[torch.Tensor],
                 watch_kwargs: dict | None) -> tuple[list[float], float]:
     """One round of len(batches) steps; returns per-step wall seconds and the round's CPU seconds."""
+    anomaly = watch_kwargs is not None and watch_kwargs.get("anomaly", False)
+    if anomaly:  # the reference point: torch's own NaN hunter, on every step
+        watch_kwargs = None
     w = traindoc.watch(model, opt, run_dir=tempfile.mkdtemp(prefix="traindoc-bench-"), **watch_kwargs) \
         if watch_kwargs is not None else None
+    previous = torch.is_anomaly_enabled()
+    torch.autograd.set_detect_anomaly(anomaly)
     times = []
     cpu0 = time.process_time()
     for ids in batches:
@@ -79,6 +87,7 @@ def train_round(model: nn.Module, opt: torch.optim.Optimizer, batches: list[torc
             w.log(loss=loss, tokens=ids.numel())
         times.append(time.perf_counter() - t0)
     cpu = time.process_time() - cpu0
+    torch.autograd.set_detect_anomaly(previous)
     if w is not None:
         w.close()
     return times, cpu
@@ -104,6 +113,7 @@ def main(argv: list[str] | None = None) -> None:
     settings = {
         "default": {"tensorboard": True},
         "everything every step": {"every": 1, "histograms_every": 1, "tensorboard": True},
+        "(reference) detect_anomaly": {"anomaly": True},
     }
     train_round(model, opt, batches[:10], None)  # warm-up (and the lazy TensorBoard import)
     for kw in settings.values():
