@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"TinyGPT: {args.layers} layers, d={args.d}, T={args.seq}, B={args.batch}, {n_params / 1e6:.2f}M params, "
           f"AdamW, clip 1.0, torch {torch.__version__}, {args.threads} threads, "
           f"{args.rounds} rounds x {args.steps} steps, alternating bare/watched")
-    print(f"{'setting':<24}{'bare median':>13}{'watched median':>16}{'ratio':>8}"
+    print(f"{'setting':<28}{'bare median':>13}{'watched median':>16}{'ratio':>8}"
           f"{'bare mean':>12}{'watched mean':>14}{'ratio':>8}{'CPU-time ratio':>16}")
     for name, rounds in results.items():
         bm = statistics.median(statistics.median(b) for b, _ in rounds)
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
         bmean = statistics.median(statistics.fmean(b) for b, _ in rounds)
         wmean = statistics.median(statistics.fmean(w) for _, w in rounds)
         rmean = statistics.median(statistics.fmean(w) / statistics.fmean(b) for b, w in rounds)
-        print(f"{name:<24}{bm * 1e3:>11.2f}ms{wm * 1e3:>14.2f}ms{rmed:>7.3f}x"
+        print(f"{name:<28}{bm * 1e3:>11.2f}ms{wm * 1e3:>14.2f}ms{rmed:>7.3f}x"
               f"{bmean * 1e3:>10.2f}ms{wmean * 1e3:>12.2f}ms{rmean:>7.3f}x"
               f"{statistics.median(cpu[name]):>15.3f}x")
     print("targets: default <= 1.02x, everything every step <= 1.15x")
