@@ -313,32 +313,17 @@ class ProbeContext:
 
     @cached_property
     def target_name(self) -> str | None:
-        """The batch tensor the loss's targets come from (exact, flattened, or a masked subsequence)."""
+        """The batch tensor the main loss call's targets come from (same positions, shifted by one,
+        or a masked subsequence; `traindoc.probes.targets.match_target`)."""
+        from traindoc.probes.targets import match_target
+
         call = self.loss_call
-        if call is None:
+        if call is None or call.target.is_floating_point():
             return None
-        tgt = call.target.reshape(-1)
-        embedded = {s.name for s in self.main.streams}
-        candidates = []
-        for name, t in self.setup.tensors.items():
-            if t.is_floating_point() or t.shape[0] != self.setup.batch_size:
-                continue
-            flat = t.reshape(-1)
-            if flat.numel() == tgt.numel():
-                flat = flat.to(tgt.dtype)
-                if torch.equal(flat, tgt):
-                    return name
-                kept = tgt != call.ignore_index if call.ignore_index is not None else None
-                if kept is not None and kept.any() and torch.equal(flat[kept], tgt[kept]):
-                    candidates.append(name)  # the same targets with some positions set to ignore_index
-                continue
-            if flat.numel() > tgt.numel() and _is_subsequence(tgt, flat.to(tgt.dtype)):
-                candidates.append(name)
-        # a masked target is a subsequence of several tensors (decoder inputs hold the same tokens):
-        # prefer what the model does not embed, then names that say "label"/"target"
-        candidates.sort(key=lambda n: (n in embedded, "label" not in n.lower(),
-                                       not any(k in n.lower() for k in ("target", "tgt", "y"))))
-        return candidates[0] if candidates else None
+        target = call.target.reshape(-1).cpu().long()
+        counted = target != call.ignore_index if call.ignore_index is not None else torch.ones_like(target, dtype=torch.bool)
+        source = match_target(self, target, counted)
+        return source.name if source is not None else None
 
     @cached_property
     def token_streams(self) -> list[Stream]:
@@ -487,18 +472,6 @@ def _is_binary(t: torch.Tensor) -> bool:
     if t.numel() == 0:
         return False
     return bool(((t == 0) | (t == 1)).all())
-
-
-def _is_subsequence(needle: torch.Tensor, hay: torch.Tensor) -> bool:
-    """Is ``needle`` hay with some elements removed (order kept)? Greedy, on the host."""
-    if needle.numel() > hay.numel():
-        return False
-    n, h = needle.cpu().tolist(), hay.cpu().tolist()
-    j = 0
-    for x in h:
-        if j < len(n) and x == n[j]:
-            j += 1
-    return j == len(n)
 
 
 def sequence_relation(target: torch.Tensor, ids: torch.Tensor | None, ignore_index: int | None = -100) -> str | None:

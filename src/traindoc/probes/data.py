@@ -14,7 +14,7 @@ model, a ``nn.CrossEntropyLoss`` module or the user's ``loss_fn``) with the real
 - ``class-imbalance``: one class dominates the labels; the majority baseline's accuracy and loss;
 - ``data-view``: the first samples decoded with their labels (``report.info["samples"]``).
 
-Every loss target is mapped back to the batch tensor it comes from (`TargetSource`): the same
+Every loss target is mapped back to the batch tensor it comes from (`traindoc.probes.targets`): the same
 positions, the same positions shifted by one (a Hugging Face causal LM shifts its labels inside the
 model), or a masked subsequence (``targets[mask]``), so that evidence can name samples.
 """
@@ -32,6 +32,7 @@ import torch
 from traindoc.findings import Finding
 from traindoc.probes.context import LossCall, ProbeContext, Stream
 from traindoc.probes.registry import probe
+from traindoc.probes.targets import TargetSource, match_target
 
 _CLASS_LOSSES = ("cross_entropy", "nll_loss")
 _BINARY_LOSSES = ("binary_cross_entropy", "binary_cross_entropy_with_logits")
@@ -49,30 +50,6 @@ class LossTargets:
     target: torch.Tensor  # (N,) int64
     counted: torch.Tensor  # (N,) bool: not ignore_index and not weighted 0
     num_classes: int
-
-
-@dataclass
-class TargetSource:
-    """Where the loss targets come from in the batch.
-
-    ``kind`` is ``"same"`` (the same positions), ``"shifted"`` (target k is the batch element one
-    position later, as a Hugging Face causal LM shifts ``labels`` inside), or ``"subset"`` (a masked
-    selection ``targets[mask]``, aligned greedily). ``positions[k]`` is the flat index in ``tensor`` of
-    loss target k, -1 where none (the ignore_index a causal LM appends to each row)."""
-
-    name: str
-    tensor: torch.Tensor  # on the host
-    kind: str
-    positions: torch.Tensor  # (N,) int64
-
-    @property
-    def row_len(self) -> int:
-        return self.tensor[0].numel() if self.tensor.dim() > 0 and self.tensor.shape[0] else 1
-
-    def samples(self, which: torch.Tensor) -> list[int]:
-        """Sorted sample indices of the loss targets selected by the bool mask ``which``."""
-        pos = self.positions[which & (self.positions >= 0)]
-        return sorted({int(p) // self.row_len for p in pos.tolist()})
 
 
 @dataclass
@@ -137,83 +114,9 @@ def _main_targets(ctx: ProbeContext) -> LossTargets | None:
     return cache["targets"]
 
 
-def _greedy_positions(needle: list[int], hay: list[int]) -> list[int] | None:
-    """Earliest positions in ``hay`` of ``needle`` as a subsequence (order kept), or None."""
-    out: list[int] = []
-    j = 0
-    n = len(needle)
-    for i, x in enumerate(hay):
-        if j < n and x == needle[j]:
-            out.append(i)
-            j += 1
-            if j == n:
-                return out
-    return out if j == n else None
-
-
-def align(target: torch.Tensor, counted: torch.Tensor, tensor: torch.Tensor) -> tuple[str, torch.Tensor] | None:
-    """How the loss targets map onto a batch tensor: ``(kind, positions)`` (see `TargetSource`), or None.
-
-    >>> labels = torch.tensor([[5, 6, 7], [8, 9, 0]])
-    >>> hf = torch.tensor([6, 7, -100, 9, 0, -100])       # what a causal LM's loss receives
-    >>> kind, pos = align(hf, hf != -100, labels); kind, pos.tolist()
-    ('shifted', [1, 2, -1, 4, 5, -1])
-    >>> align(torch.tensor([5, 7, 9]), torch.ones(3, dtype=torch.bool), labels)[0]
-    'subset'
-    """
-    n = target.numel()
-    if not bool(counted.any()):
-        return None
-    t = tensor.detach().cpu().long()
-    flat = t.reshape(-1)
-    if flat.numel() == n and bool(((target == flat) | ~counted).all()):
-        return "same", torch.arange(n)
-    if t.dim() == 2 and t.shape[1] >= 2:
-        B, T = t.shape
-        for L in (T, T - 1):
-            if n != B * L:
-                continue
-            tv, cv = target.view(B, L), counted.view(B, L)
-            k = min(L, T - 1)
-            if bool(((tv[:, :k] == t[:, 1:k + 1]) | ~cv[:, :k]).all()) and bool(cv[:, :k].any()):
-                cols = torch.arange(L).expand(B, L)
-                rows = torch.arange(B).unsqueeze(1).expand(B, L)
-                pos = rows * T + cols + 1
-                pos[:, k:] = -1
-                return "shifted", pos.reshape(-1)
-    if n < flat.numel():
-        found = _greedy_positions(target.tolist(), flat.tolist())
-        if found is not None:
-            return "subset", torch.tensor(found, dtype=torch.long)
-    return None
-
-
 def find_source(ctx: ProbeContext, lt: LossTargets) -> TargetSource | None:
-    """The batch tensor a loss call's targets come from, with the position of each target: the first
-    exact or shifted match (ctx.target_name first, then label-like names, then the rest), else a
-    masked subsequence."""
-    B = ctx.setup.batch_size
-    embedded = {s.name for s in ctx.main.streams}
-
-    def order(name: str) -> tuple[bool, bool, bool]:
-        low = name.lower()
-        return (name != ctx.target_name, not any(k in low for k in ("label", "target", "tgt", "y")),
-                name in embedded)
-
-    names = sorted((n for n, t in ctx.setup.tensors.items()
-                    if not t.is_floating_point() and t.dim() in (1, 2) and t.shape[0] == B
-                    and not (t.dim() == 2 and "mask" in n.lower())), key=order)
-    subset = None
-    for name in names:
-        tensor = ctx.setup.tensors[name]
-        hit = align(lt.target, lt.counted, tensor)
-        if hit is None:
-            continue
-        found = TargetSource(name, tensor.detach().cpu(), hit[0], hit[1])
-        if hit[0] != "subset":
-            return found
-        subset = subset or found
-    return subset
+    """The batch tensor a loss call's targets come from (`traindoc.probes.targets.match_target`)."""
+    return match_target(ctx, lt.target, lt.counted)
 
 
 def target_source(ctx: ProbeContext) -> TargetSource | None:
