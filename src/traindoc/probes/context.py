@@ -103,7 +103,7 @@ class MainPass:
     module_classes: dict[str, str] = field(default_factory=dict)
 
 
-class _LossObserver(TorchFunctionMode):
+class LossObserver(TorchFunctionMode):
     def __init__(self, calls: list[LossCall]):
         super().__init__()
         self.calls = calls
@@ -250,7 +250,7 @@ class ProbeContext:
             batch = replace_tensors(setup.batch, leafify)
             loss_calls: list[LossCall] = []
             model.eval()
-            with torch.enable_grad(), _LossObserver(loss_calls):
+            with torch.enable_grad(), LossObserver(loss_calls):
                 self.passes["forward"] += 1
                 try:
                     output = setup.forward(model, batch)

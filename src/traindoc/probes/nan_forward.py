@@ -31,8 +31,9 @@ import torch
 import torch.nn.functional as F
 
 from traindoc.findings import Finding
-from traindoc.probes.context import _LossObserver
+from traindoc.probes.context import LossObserver
 from traindoc.probes.registry import probe
+from traindoc.setup import named_tensors
 
 FIX_MODULE = (
     "Make that computation stable: use `F.log_softmax`/`F.cross_entropy` instead of "
@@ -44,24 +45,7 @@ FIX_MODULE = (
 
 def first_tensor(value: Any) -> torch.Tensor | None:
     """The first floating tensor in a module output (tensor, tuple/list, dict, HF ModelOutput)."""
-    if isinstance(value, torch.Tensor):
-        return value if value.is_floating_point() else None
-    if isinstance(value, dict) or hasattr(value, "values"):
-        try:
-            items = list(value.values())
-        except Exception:
-            items = []
-        for v in items:
-            t = first_tensor(v)
-            if t is not None:
-                return t
-        return None
-    if isinstance(value, (list, tuple)):
-        for v in value:
-            t = first_tensor(v)
-            if t is not None:
-                return t
-    return None
+    return next((t for t in named_tensors(value).values() if t.is_floating_point()), None)
 
 
 def batch_axis(t: torch.Tensor, batch_size: int, prefer: int | None = None) -> int | None:
@@ -263,7 +247,7 @@ def _replay(ctx: Any, paths: list[str]) -> dict[str, dict[str, Any]]:
     try:
         model.eval()
         ctx.passes["forward"] += 1
-        with torch.enable_grad(), _LossObserver([]):  # sanitises out-of-range targets like the main pass
+        with torch.enable_grad(), LossObserver([]):  # sanitises out-of-range targets like the main pass
             setup.forward(model, setup.batch)
     except _Seen:
         pass
