@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from traindoc.findings import Finding, Report
-from traindoc.monitor.rundir import RunDirWriter
+from traindoc.rundir import RunDirWriter
 
 pytest.importorskip("plotly")
 
@@ -122,7 +122,7 @@ def test_sections_in_order_with_findings_first(tmp_path: Path) -> None:
 
 
 def test_user_text_is_escaped_everywhere(tmp_path: Path) -> None:
-    from traindoc.monitor.rundir import read_run
+    from traindoc.rundir import read_run
 
     text = render_html(read_run(make_run(tmp_path / "r")))
     # the raw hostile strings never appear; only their escaped forms
@@ -143,9 +143,9 @@ def test_user_text_is_escaped_everywhere(tmp_path: Path) -> None:
 
 
 def test_spike_and_plateau_are_marked(tmp_path: Path) -> None:
-    from traindoc.monitor.rundir import read_run
     from traindoc.report import figures
     from traindoc.report.html import run_findings
+    from traindoc.rundir import read_run
 
     run = read_run(make_run(tmp_path / "r"))
     fig = figures.loss_figure(run, run_findings(run))
@@ -160,8 +160,8 @@ def test_spike_and_plateau_are_marked(tmp_path: Path) -> None:
 def test_p90_line_on_gradient_norm_histogram(tmp_path: Path) -> None:
     import numpy as np
 
-    from traindoc.monitor.rundir import read_run
     from traindoc.report import figures
+    from traindoc.rundir import read_run
 
     run = read_run(make_run(tmp_path / "r"))
     _, norms = run.series("grad_norm")
@@ -173,9 +173,9 @@ def test_p90_line_on_gradient_norm_histogram(tmp_path: Path) -> None:
 
 
 def test_histogram_layers_named_by_findings_come_first(tmp_path: Path) -> None:
-    from traindoc.monitor.rundir import read_run
     from traindoc.report import figures
     from traindoc.report.html import run_findings
+    from traindoc.rundir import read_run
 
     run = read_run(make_run(tmp_path / "r"))
     chosen = figures.chosen_histogram_layers(run, run_findings(run))
@@ -352,8 +352,8 @@ def test_report_from_a_real_watched_run(tmp_path: Path) -> None:
 
 
 def test_long_run_is_thinned_but_keeps_its_spike(tmp_path: Path) -> None:
-    from traindoc.monitor.rundir import read_run
     from traindoc.report import figures
+    from traindoc.rundir import read_run
 
     w = RunDirWriter(tmp_path / "long", meta={"model": "M"})
     n = 50_000

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from traindoc.findings import Report
-from traindoc.monitor.rundir import read_run
+from traindoc.rundir import read_run
 
 torch.set_num_threads(1)
 
@@ -324,11 +324,11 @@ def test_accelerate_accumulate(tmp_path: Path, automatic: bool) -> None:
         float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()])))))
 
     if automatic:  # plain traindoc.watch on the prepared objects
-        from traindoc.monitor.watch import _unwrap_optimizer
+        from traindoc.setup import unwrap_optimizer
 
-        if _unwrap_optimizer(optimizer) is optimizer:
+        if unwrap_optimizer(optimizer) is optimizer:
             pytest.xfail("traindoc.watch does not unwrap AcceleratedOptimizer (a torch.optim.Optimizer subclass "
-                         "whose hooks never fire): monitor/watch.py _unwrap_optimizer; use watch_accelerated")
+                         "whose hooks never fire): setup.py unwrap_optimizer; use watch_accelerated")
         w = traindoc.watch(model, optimizer, run_dir=tmp_path / "run", every=1)
     else:
         w = watch_accelerated(accelerator, model, optimizer, run_dir=tmp_path / "run", every=1)

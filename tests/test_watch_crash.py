@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from traindoc.monitor.rundir import read_run
+from traindoc.rundir import read_run
 
 SCRIPT = textwrap.dedent("""
     import sys, time, torch, torch.nn as nn, torch.nn.functional as F, traindoc

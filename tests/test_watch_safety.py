@@ -16,7 +16,7 @@ from traindoc.findings import Finding
 from traindoc.monitor import stats
 from traindoc.monitor.hooks import ORIGINAL_CLIP, active_listeners
 from traindoc.monitor.record import StepRecord
-from traindoc.monitor.rundir import read_run
+from traindoc.rundir import read_run
 
 torch.set_num_threads(1)
 

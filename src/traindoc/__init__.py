@@ -2,7 +2,7 @@
 
     >>> import traindoc
     >>> sorted(n for n in traindoc.__all__)
-    ['Finding', 'Report', 'TraindocInputError', 'check', 'watch']
+    ['Finding', 'Report', 'TraindocInputError', 'check', 'print_report', 'watch']
 
 The heavy parts (probes, monitor, integrations) load on first use, so `import traindoc` stays fast
 and never imports transformers.
@@ -15,12 +15,13 @@ from typing import TYPE_CHECKING, Any
 from traindoc.errors import TraindocInputError
 from traindoc.findings import Finding, Report
 
-__all__ = ["Finding", "Report", "TraindocInputError", "check", "watch"]
+__all__ = ["Finding", "Report", "TraindocInputError", "check", "print_report", "watch"]
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from traindoc.doctor import check
     from traindoc.monitor.watch import watch
+    from traindoc.report.terminal import print_report
 
 
 def __getattr__(name: str) -> Any:
@@ -32,4 +33,8 @@ def __getattr__(name: str) -> Any:
         from traindoc.monitor.watch import watch
 
         return watch
+    if name == "print_report":
+        from traindoc.report.terminal import print_report
+
+        return print_report
     raise AttributeError(f"module 'traindoc' has no attribute {name!r}")

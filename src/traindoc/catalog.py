@@ -310,9 +310,11 @@ _ENTRIES = [
     # ------------------------------------------------------------ internal
     Entry(
         "probe-failed", "internal",
-        "One of traindoc's probes could not run on this model; its question is unanswered.",
-        "The probe raised; the exception is recorded.",
-        "Nothing to fix in your training; report it to traindoc with the evidence.",
+        "One of traindoc's own steps (a probe, a monitor hook, a detector, the NaN replay) failed on this "
+        "model or run; its question is unanswered. Your training was not affected.",
+        "The step raised; the exception, where it happened and how often are recorded.",
+        "Nothing to fix in your training: this question is unanswered. Please report it to traindoc "
+        "with the evidence.",
     ),
     Entry(
         "probe-skipped", "internal",

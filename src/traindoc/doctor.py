@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import traceback
 from collections.abc import Sequence
 from typing import Any
 
@@ -10,7 +9,7 @@ import torch
 from torch import nn
 
 from traindoc.errors import TraindocInputError
-from traindoc.findings import Finding, Report
+from traindoc.findings import Finding, Report, internal_failure
 from traindoc.setup import ForwardFn, LossFn, Setup
 from traindoc.state import preserved
 
@@ -78,11 +77,7 @@ def check(
             except TraindocInputError:
                 raise
             except Exception as e:
-                findings.append(Finding(
-                    "probe-failed", "hint", f"probe {p.name!r} could not run: {type(e).__name__}: {e}",
-                    evidence={"probe": p.name, "exception": type(e).__name__, "message": str(e)[:500],
-                              "where": traceback.format_exception(e)[-2].strip()[:500]},
-                    fix="Nothing to fix in your training; this question is unanswered. Please report it."))
+                findings.append(internal_failure(f"probe {p.name!r}", e, evidence={"probe": p.name}))
         if ctx.main.loss is None:
             findings.append(Finding(
                 "probe-skipped", "hint",

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import traceback
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -94,6 +95,27 @@ class Finding:
                    data.get("fix", ""))
 
 
+def internal_failure(what: str, error: BaseException | str, *, count: int = 1,
+                     evidence: Mapping[str, Any] | None = None) -> Finding:
+    """The one way traindoc reports its own failure: a ``probe-failed`` hint, never an exception.
+
+    >>> internal_failure("probe 'causal-leak'", ValueError("shapes")).title
+    "probe 'causal-leak' could not run: ValueError: shapes"
+    """
+    if isinstance(error, BaseException):
+        text = f"{type(error).__name__}: {error}"
+        where = traceback.format_exception(error)[-2].strip()[:500] if error.__traceback__ else ""
+        details = {"exception": type(error).__name__, "message": str(error)[:500], "where": where}
+    else:
+        text, details = error, {"exception": error[:500]}
+    times = f" ({count}x)" if count > 1 else ""
+    return Finding(
+        "probe-failed", "hint", f"{what} could not run{times}: {text}",
+        evidence={"what": what, "count": count, **details, **dict(evidence or {})},
+        fix="Nothing to fix in your training: this question is unanswered. Please report it to traindoc "
+            "with the evidence.")
+
+
 class Report:
     """The findings of a check or a watched run, errors first.
 
@@ -144,12 +166,6 @@ class Report:
         if data.get("version") != SCHEMA_VERSION:
             raise ValueError(f"unsupported report version {data.get('version')!r}")
         return cls([Finding.from_dict(f) for f in data.get("findings", [])], data.get("info"))
-
-    def print(self, console: Any = None) -> None:
-        """Render the report in the terminal (rich)."""
-        from traindoc.report.terminal import print_report
-
-        print_report(self, console=console)
 
     def __repr__(self) -> str:
         counts = {s: sum(f.severity == s for f in self.findings) for s in SEVERITIES}

@@ -71,6 +71,57 @@ def replace_tensors(batch: Any, replace: Callable[[str, torch.Tensor], torch.Ten
     return walk(batch, prefix)
 
 
+def unwrap_optimizer(optimizer: Any) -> torch.optim.Optimizer:
+    """The torch optimizer that really steps, inside framework wrappers: Accelerate's
+    ``AcceleratedOptimizer`` (an Optimizer subclass whose own step hooks never see the real update)
+    keeps it in ``.optimizer``, Lightning's ``LightningOptimizer`` in ``._optimizer``.
+
+    >>> inner = torch.optim.SGD([torch.nn.Parameter(torch.ones(1))], lr=0.1)
+    >>> class Wrapper(torch.optim.Optimizer):
+    ...     def __init__(self, optimizer):
+    ...         self.optimizer = optimizer
+    >>> unwrap_optimizer(Wrapper(Wrapper(inner))) is inner
+    True
+    >>> unwrap_optimizer("adam")
+    Traceback (most recent call last):
+    ...
+    traindoc.errors.TraindocInputError: optimizer: must be a torch.optim.Optimizer, got str
+    """
+    for _ in range(8):
+        inner = getattr(optimizer, "optimizer", None)
+        if not isinstance(inner, torch.optim.Optimizer) or inner is optimizer:
+            inner = getattr(optimizer, "_optimizer", None)
+        if not isinstance(inner, torch.optim.Optimizer) or inner is optimizer:
+            break
+        optimizer = inner
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TraindocInputError("optimizer", f"must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+    return optimizer
+
+
+def checkpoint_names(model: nn.Module) -> list[str]:
+    """Checkpoint names of the model or any submodule that says it was loaded from one (a Hugging Face
+    config with ``_name_or_path``): a DistilBERT inside a user's own classifier counts too."""
+    names: list[str] = []
+    for m in model.modules():
+        cfg = getattr(m, "config", None)
+        name = getattr(cfg, "_name_or_path", "") if cfg is not None else ""
+        if isinstance(name, str) and name and name not in names:
+            names.append(name)
+    return names
+
+
+def pretrained_param_ids(model: nn.Module) -> set[int]:
+    """Ids of the parameters inside modules whose config names a checkpoint (`checkpoint_names`)."""
+    ids: set[int] = set()
+    for m in model.modules():
+        cfg = getattr(m, "config", None)
+        name = getattr(cfg, "_name_or_path", "") if cfg is not None else ""
+        if isinstance(name, str) and name:
+            ids.update(id(p) for p in m.parameters())
+    return ids
+
+
 def default_forward(model: nn.Module, batch: Any) -> Any:
     """How a training loop most often calls a model: ``model(**batch)`` for a dict, ``model(*batch)``
     for a tuple/list, ``model(batch)`` for a tensor."""
@@ -148,12 +199,8 @@ class Setup:
             raise TraindocInputError("forward", "must be a callable forward(model, batch) -> output")
         if loss_fn is not None and not callable(loss_fn):
             raise TraindocInputError("loss_fn", "must be a callable loss_fn(output, batch) -> scalar tensor")
-        if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
-            inner = getattr(optimizer, "optimizer", None)  # accelerate's AcceleratedOptimizer and friends
-            if isinstance(inner, torch.optim.Optimizer):
-                optimizer = inner
-            else:
-                raise TraindocInputError("optimizer", f"must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        if optimizer is not None:
+            optimizer = unwrap_optimizer(optimizer)
         if task is not None and task not in TASKS:
             raise TraindocInputError("task", f"must be one of {', '.join(TASKS)} (or None to infer), got {task!r}")
         if not isinstance(batch, (torch.Tensor, Mapping, list, tuple)) and not hasattr(batch, "keys"):
@@ -196,8 +243,3 @@ class Setup:
                 return value
         return None
 
-    def looks_pretrained(self) -> bool:
-        """Heuristic: a Hugging Face model loaded with from_pretrained (its config names a checkpoint)."""
-        cfg = self.config
-        name = getattr(cfg, "_name_or_path", "") if cfg is not None else ""
-        return bool(name)

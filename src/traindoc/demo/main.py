@@ -179,7 +179,7 @@ def _run_checks(console: Any, broken: Any, fixed: Any, batch: dict, tok: Any,
                 console.print(f"[yellow]note: traindoc.check changed the {twin.name} model's weights or "
                               "optimizer state; restored them before training[/yellow]")
         if twin is broken:
-            report.print(console)
+            traindoc.print_report(report, console)
             if json_path is not None:
                 Path(json_path).parent.mkdir(parents=True, exist_ok=True)
                 Path(json_path).write_text(report.to_json())

@@ -4,44 +4,10 @@ short summary printed when a run ends."""
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 from typing import Any
 
 from traindoc.errors import TraindocInputError
-
-
-def fresh_dir(base: Path) -> Path:
-    """`base`, or `base-2`, `base-3`, ... if it already exists (a new run never appends to an old one)."""
-    path, n = base, 1
-    while path.exists():
-        n += 1
-        path = base.with_name(f"{base.name}-{n}")
-    return path
-
-
-def unwrap_optimizer(optimizer: Any) -> Any:
-    """The torch optimizer inside framework wrappers: Accelerate's ``AcceleratedOptimizer`` (itself a
-    ``torch.optim.Optimizer`` subclass, but one whose step hooks never fire on the real update) keeps
-    it in ``.optimizer``, Lightning's ``LightningOptimizer`` in ``._optimizer``.
-
-    >>> import torch
-    >>> inner = torch.optim.SGD([torch.nn.Parameter(torch.ones(1))], lr=0.1)
-    >>> class Wrapper(torch.optim.Optimizer):
-    ...     def __init__(self, optimizer):
-    ...         self.optimizer = optimizer
-    >>> unwrap_optimizer(Wrapper(Wrapper(inner))) is inner
-    True
-    """
-    import torch
-
-    for _ in range(8):
-        inner = getattr(optimizer, "optimizer", None)
-        if inner is None or inner is optimizer:
-            inner = getattr(optimizer, "_optimizer", None)
-        if not isinstance(inner, torch.optim.Optimizer) or inner is optimizer:
-            return optimizer
-        optimizer = inner
-    return optimizer
+from traindoc.setup import unwrap_optimizer
 
 
 def start_watch(model: Any, optimizer: Any, where: str, **kwargs: Any) -> Any | None:

@@ -37,7 +37,8 @@ from typing import Any
 
 import torch
 
-from traindoc.integrations._common import close_watch, fresh_dir, start_watch, summary
+from traindoc.integrations._common import close_watch, start_watch, summary
+from traindoc.rundir import fresh_run_dir
 
 try:
     from transformers import TrainerCallback
@@ -82,7 +83,7 @@ class TraindocCallback(TrainerCallback):
             warnings.warn("traindoc TraindocCallback: the Trainer passed no model/optimizer to on_train_begin; "
                           "not watching", RuntimeWarning, stacklevel=2)
             return
-        run_dir = self.run_dir if self.run_dir is not None else fresh_dir(Path(args.output_dir) / "traindoc")
+        run_dir = self.run_dir if self.run_dir is not None else fresh_run_dir(Path(args.output_dir) / "traindoc")
         self.watch = start_watch(model, optimizer, "TraindocCallback", run_dir=run_dir, **self.watch_options)
         if self.watch is None:
             return

@@ -47,7 +47,9 @@ except ImportError:
     except ImportError:  # importable without Lightning (docs, doctest collection); unusable until installed
         Callback = object  # type: ignore[assignment,misc]
 
-from traindoc.integrations._common import close_watch, fresh_dir, start_watch, summary, unwrap_optimizer
+from traindoc.integrations._common import close_watch, start_watch, summary
+from traindoc.rundir import fresh_run_dir
+from traindoc.setup import unwrap_optimizer
 
 
 def run_closure_first(optimizer: torch.optim.Optimizer) -> Callable[[], None] | None:
@@ -126,7 +128,7 @@ class TraindocCallback(Callback):
             warnings.warn("traindoc TraindocCallback: the trainer has no optimizer; not watching",
                           RuntimeWarning, stacklevel=2)
             return
-        base = self.run_dir if self.run_dir is not None else fresh_dir(Path(trainer.default_root_dir) / "traindoc")
+        base = self.run_dir if self.run_dir is not None else fresh_run_dir(Path(trainer.default_root_dir) / "traindoc")
         for i, opt in enumerate(optimizers):
             run_dir = base if len(optimizers) == 1 else base / f"optimizer{i}"
             w = start_watch(pl_module, opt, "TraindocCallback", run_dir=run_dir, **self.watch_options)

@@ -16,10 +16,11 @@ TensorFlow), so the watch sends per-layer data only on steps that are multiples 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+from traindoc.numbers import finite
 
 
 def tensorboard_available() -> bool:
@@ -27,10 +28,6 @@ def tensorboard_available() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("tensorboard") is not None
-
-
-def _finite(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 class TensorBoardSink:
@@ -47,15 +44,15 @@ class TensorBoardSink:
             step = rec["step"]
             for key in ("loss", "grad_norm", "nonfinite_grads", "scaler_scale", "tokens_per_s"):
                 v = rec.get(key)
-                if _finite(v) or (key == "loss" and isinstance(v, float)):
+                if finite(v) or (key == "loss" and isinstance(v, float)):
                     w.add_scalar(key, v, step)
             if rec.get("clipped") is not None:
                 w.add_scalar("clipped", float(bool(rec["clipped"])), step)
             for i, lr in enumerate(rec.get("lr") or []):
-                if _finite(lr):
+                if finite(lr):
                     w.add_scalar(f"lr/group{i}", lr, step)
             for name, v in (rec.get("metrics") or {}).items():
-                if _finite(v):
+                if finite(v):
                     w.add_scalar(f"metrics/{name}", v, step)
 
     def write_layers(self, layers: Iterable[dict[str, Any]]) -> None:
@@ -64,7 +61,7 @@ class TensorBoardSink:
             step = rec["step"]
             for kind in ("grad_norm", "update_ratio"):
                 for layer, v in (rec.get(kind) or {}).items():
-                    if _finite(v):
+                    if finite(v):
                         w.add_scalar(f"layer_{kind}/{layer}", v, step)
 
     def write_histograms(self, histograms: Iterable[dict[str, Any]]) -> None:

@@ -24,10 +24,10 @@ What is hooked, and removed again by `close()`:
 
 Speed: a step only queues device work; the host reads the statistics with one copy per flush
 (every ``flush_every`` steps and at close), builds `StepRecord`s, feeds the detectors
-(`traindoc.monitor.detectors`), and appends to the run directory (`traindoc.monitor.rundir`) and
+(`traindoc.monitor.detectors`), and appends to the run directory (`traindoc.rundir`) and
 TensorBoard. No ``.item()`` in a step.
 
-What it writes (the schema of `traindoc.monitor.rundir`, with these keys filled)::
+What it writes (the schema of `traindoc.rundir`, with these keys filled)::
 
     meta.json       + optimizer, params (names, model order), param_layers, layer_depth,
                       histogram_layers, every, histograms_every, flush_every, histogram_bins,
@@ -72,12 +72,13 @@ import torch
 
 from traindoc.catalog import entry
 from traindoc.errors import TraindocInputError
-from traindoc.findings import Finding, Report
+from traindoc.findings import Finding, Report, internal_failure
 from traindoc.monitor import stats as _stats
 from traindoc.monitor.hooks import add_clip_listener
 from traindoc.monitor.record import StepRecord
-from traindoc.monitor.rundir import RunDirWriter
 from traindoc.monitor.stats import LOSS, SCALE, STALE, TOKENS, StatsBuffer
+from traindoc.rundir import RunDirWriter, fresh_run_dir
+from traindoc.setup import unwrap_optimizer
 
 DEFAULT_EVERY = 10
 DEFAULT_HISTOGRAMS_EVERY = 100
@@ -115,31 +116,6 @@ class _StepMeta:
     time: float | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
     hist: torch.Tensor | None = None
-
-
-def _unwrap_optimizer(optimizer: Any) -> torch.optim.Optimizer:
-    """The torch optimizer that really steps: Accelerate's ``AcceleratedOptimizer`` (an Optimizer
-    subclass whose own step hooks do not see the real update) keeps it in ``.optimizer``,
-    Lightning's ``LightningOptimizer`` in ``._optimizer``."""
-    for _ in range(8):
-        inner = getattr(optimizer, "optimizer", None)
-        if not isinstance(inner, torch.optim.Optimizer) or inner is optimizer:
-            inner = getattr(optimizer, "_optimizer", None)
-        if not isinstance(inner, torch.optim.Optimizer) or inner is optimizer:
-            break
-        optimizer = inner
-    if not isinstance(optimizer, torch.optim.Optimizer):
-        raise TraindocInputError("optimizer", f"is a {type(optimizer).__name__}, not a torch.optim.Optimizer")
-    return optimizer
-
-
-def _default_run_dir() -> Path:
-    base = Path.cwd() / "runs" / time.strftime("%Y%m%d-%H%M%S")
-    path, n = base, 1
-    while path.exists():
-        n += 1
-        path = base.with_name(f"{base.name}-{n}")
-    return path
 
 
 def _guess_num_classes(model: torch.nn.Module) -> tuple[int | None, str | None]:
@@ -201,7 +177,7 @@ class Watch:
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise TraindocInputError(arg, f"must be an int >= {low}, got {value!r}")
         self.model = model
-        self.optimizer = _unwrap_optimizer(optimizer)
+        self.optimizer = unwrap_optimizer(optimizer)
         self.every = every
         self.histograms_every = histograms_every
         self.flush_every = flush_every
@@ -264,7 +240,7 @@ class Watch:
         self._hist = _stats.LayerHistograms(shapes, slots, 2 * len(self.histogram_layers), self.bins,
                                             histogram_samples)
         self.buffer = StatsBuffer(len(self.params), 2 * flush_every, self.device)
-        self.run_dir = Path(run_dir) if run_dir is not None else _default_run_dir()
+        self.run_dir = Path(run_dir) if run_dir is not None else fresh_run_dir()
         self.writer = RunDirWriter(self.run_dir, meta=self._meta_json())
         self._tb: Any = None
         self._tb_pool: Any = None  # one background thread writes TensorBoard events, off the training thread
@@ -494,7 +470,7 @@ class Watch:
             self._safe("optimizer post-step hook", self._post_step)
 
     def _on_skipped_step(self, optimizer: Any) -> None:
-        if _unwrap_optimizer(optimizer) is not self.optimizer:
+        if unwrap_optimizer(optimizer) is not self.optimizer:
             return
         self._pre_step(True)
         self._end_step(skipped=True)
@@ -974,11 +950,8 @@ class Watch:
             self._safe("tensorboard", self._tb_pool.shutdown, True)
         findings = list(self._findings)
         for err in self._errors.values():
-            findings.append(Finding("probe-failed", "hint",
-                                    f"traindoc's monitor failed in {err['where']} ({err['count']}x): "
-                                    f"{err['exception']}; your training was not affected",
-                                    evidence=err,
-                                    fix="Nothing to fix in your training; report it to traindoc with the evidence."))
+            findings.append(internal_failure(f"traindoc's monitor ({err['where']})", err["exception"],
+                                             count=err["count"], evidence=err))
         report = Report(findings, self._info())
         try:
             self.writer.write_report(report.to_dict())

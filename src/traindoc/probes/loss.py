@@ -29,6 +29,7 @@ from torch import nn
 from traindoc.findings import Finding
 from traindoc.probes.nan_forward import per_element_loss
 from traindoc.probes.registry import probe
+from traindoc.setup import checkpoint_names
 
 _VIEW_NODES = {
     "ViewBackward0", "UnsafeViewBackward0", "ReshapeAliasBackward0", "TransposeBackward0",
@@ -52,18 +53,6 @@ def producer(t: torch.Tensor) -> str | None:
         nxt = [f for f, _ in node.next_functions if f is not None]
         node = nxt[0] if nxt else None
     return None
-
-
-def looks_pretrained(model: nn.Module) -> list[str]:
-    """Checkpoint names of the model or any submodule that says it was loaded from a checkpoint
-    (a Hugging Face config with ``_name_or_path``): a DistilBERT inside a user's own classifier too."""
-    names = []
-    for m in model.modules():
-        cfg = getattr(m, "config", None)
-        name = getattr(cfg, "_name_or_path", "") if cfg is not None else ""
-        if isinstance(name, str) and name and name not in names:
-            names.append(name)
-    return names
 
 
 def _class_dim(x: torch.Tensor) -> int:
@@ -135,7 +124,7 @@ def double_softmax(ctx: Any) -> list[Finding]:
 @probe("init-loss-mismatch", "model")
 def init_loss_mismatch(ctx: Any) -> list[Finding]:
     """``init-loss-mismatch``: on an untrained-looking model, loss far above ln C (uniform guessing)."""
-    if looks_pretrained(ctx.setup.model):
+    if checkpoint_names(ctx.setup.model):
         return []
     findings: list[Finding] = []
     call = ctx.loss_call

@@ -23,14 +23,13 @@ replays the saved batch through this probe, leaving the model exactly as it was.
 
 from __future__ import annotations
 
-import traceback
 from collections import Counter
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from traindoc.findings import Finding
+from traindoc.findings import Finding, internal_failure
 from traindoc.probes.context import LossObserver
 from traindoc.probes.registry import probe
 from traindoc.setup import named_tensors
@@ -350,8 +349,4 @@ def locate_nonfinite(model: torch.nn.Module, batch: Any, forward: Any = None, lo
             ctx = ProbeContext(setup)
             return nan_forward(ctx)
         except Exception as e:
-            return [Finding(
-                "probe-failed", "hint", f"could not replay the batch to locate the NaN: {type(e).__name__}: {e}",
-                {"probe": "nan-forward", "exception": type(e).__name__, "message": str(e)[:500],
-                 "where": traceback.format_exception(e)[-2].strip()[:500]},
-                "Nothing to fix in your training; this question is unanswered.")]
+            return [internal_failure("the replay of the batch that gave a NaN", e, evidence={"probe": "nan-forward"})]

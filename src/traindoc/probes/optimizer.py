@@ -24,8 +24,8 @@ import torch
 from torch import nn
 
 from traindoc.findings import Finding
-from traindoc.probes.loss import looks_pretrained
 from traindoc.probes.registry import probe
+from traindoc.setup import checkpoint_names, pretrained_param_ids
 
 HIGH_LR = 5e-4
 SANE_RANGE = (1e-5, 1e-4)
@@ -44,17 +44,6 @@ def group_lr(group: dict[str, Any]) -> float:
     return max(values) if values else 0.0
 
 
-def pretrained_param_ids(model: nn.Module) -> set[int]:
-    """Ids of parameters inside modules whose config names a checkpoint."""
-    ids: set[int] = set()
-    for m in model.modules():
-        cfg = getattr(m, "config", None)
-        name = getattr(cfg, "_name_or_path", "") if cfg is not None else ""
-        if isinstance(name, str) and name:
-            ids.update(id(p) for p in m.parameters())
-    return ids
-
-
 def _names(model: nn.Module) -> dict[int, str]:
     names: dict[int, str] = {}
     for n, p in model.named_parameters():
@@ -69,7 +58,7 @@ def lr_too_high(ctx: Any) -> list[Finding]:
     model = ctx.setup.model
     if opt is None or "adam" not in type(opt).__name__.lower():
         return []
-    checkpoints = looks_pretrained(model)
+    checkpoints = checkpoint_names(model)
     if not checkpoints:
         return []
     pretrained = pretrained_param_ids(model)

@@ -10,7 +10,7 @@ plotly.js renders a small HTML subset in labels, so ``<b>`` in a module name wou
 drawn bold (and the figure JSON itself is escaped for the ``<script>`` it lives in by `html.py`).
 
     >>> import tempfile
-    >>> from traindoc.monitor.rundir import RunDirWriter, read_run
+    >>> from traindoc.rundir import RunDirWriter, read_run
     >>> d = tempfile.mkdtemp()
     >>> w = RunDirWriter(d, meta={"model": "Tiny"})
     >>> for s in range(5):
@@ -30,7 +30,8 @@ import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from traindoc.monitor.rundir import RunData, is_finite_number
+from traindoc.numbers import finite
+from traindoc.rundir import RunData
 
 MAX_HISTOGRAM_LAYERS = 4
 """How many layers get a weight/gradient histogram-over-time plot."""
@@ -122,7 +123,7 @@ def _even_subset(n: int, limit: int) -> list[int]:
 
 
 def _finite_or_none(v: Any) -> float | None:
-    return float(v) if is_finite_number(v) else None
+    return float(v) if finite(v) else None
 
 
 def _evidence_steps(evidence: dict[str, Any]) -> list[int]:
@@ -131,7 +132,7 @@ def _evidence_steps(evidence: dict[str, Any]) -> list[int]:
     for key in ("step", "steps", "spike_step", "spike_steps"):
         v = evidence.get(key)
         values = v if isinstance(v, list) else [v]
-        out += [int(x) for x in values if is_finite_number(x)]
+        out += [int(x) for x in values if finite(x)]
     return out
 
 
@@ -143,19 +144,19 @@ def _evidence_window(evidence: dict[str, Any], finding_step: Any = None) -> tupl
     (150.0, 400.0)
     """
     window = evidence.get("window")
-    if isinstance(window, list) and len(window) == 2 and all(is_finite_number(x) for x in window):
+    if isinstance(window, list) and len(window) == 2 and all(finite(x) for x in window):
         return float(window[0]), float(window[1])
     if isinstance(window, dict):
         lo, hi = window.get("start", window.get("start_step")), window.get("end", window.get("end_step"))
-        if is_finite_number(lo) and is_finite_number(hi):
+        if finite(lo) and finite(hi):
             return float(lo), float(hi)
     lo, hi = evidence.get("start_step", evidence.get("from_step")), evidence.get("end_step", evidence.get("to_step"))
-    if is_finite_number(lo) and is_finite_number(hi):
+    if finite(lo) and finite(hi):
         return float(lo), float(hi)
     end = evidence.get("step", finding_step)
-    if is_finite_number(evidence.get("best_step")) and is_finite_number(end):
+    if finite(evidence.get("best_step")) and finite(end):
         return float(evidence["best_step"]), float(end)
-    if is_finite_number(window) and is_finite_number(end):
+    if finite(window) and finite(end):
         return float(end) - float(window), float(end)
     return None
 
@@ -219,7 +220,7 @@ def lr_figure(run: RunData) -> Any | None:
     groups: dict[int, tuple[list[int], list[float | None]]] = {}
     for r in run.scalars:
         lrs = r.get("lr")
-        if is_finite_number(lrs):
+        if finite(lrs):
             lrs = [lrs]
         if not isinstance(lrs, list):
             continue
@@ -249,14 +250,14 @@ def grad_norm_percentile(run: RunData, q: float) -> float | None:
     import numpy as np
 
     _, values = run.series("grad_norm")
-    finite = [v for v in values if math.isfinite(v)]
-    if not finite:
+    kept = [v for v in values if math.isfinite(v)]
+    if not kept:
         return None
-    return round(float(np.percentile(finite, q)), 6)
+    return round(float(np.percentile(kept, q)), 6)
 
 
 def _clip_thresholds(run: RunData) -> list[float]:
-    return sorted({float(r["clip_threshold"]) for r in run.scalars if is_finite_number(r.get("clip_threshold"))})
+    return sorted({float(r["clip_threshold"]) for r in run.scalars if finite(r.get("clip_threshold"))})
 
 
 def grad_norm_figure(run: RunData) -> Any | None:
@@ -288,11 +289,11 @@ def grad_norm_histogram_figure(run: RunData) -> Any | None:
     """Histogram of the global gradient norms with the 90th-percentile line (the Tuning Playbook's
     clipping threshold)."""
     _, values = run.series("grad_norm")
-    finite = [v for v in values if math.isfinite(v)]
-    if not finite:
+    kept = [v for v in values if math.isfinite(v)]
+    if not kept:
         return None
     go = _go()
-    fig = go.Figure(go.Histogram(x=finite, nbinsx=min(60, max(10, len(finite) // 5)), name="steps",
+    fig = go.Figure(go.Histogram(x=kept, nbinsx=min(60, max(10, len(kept) // 5)), name="steps",
                                  marker={"color": _COLORS[2]}))
     p90 = grad_norm_percentile(run, 90)
     if p90 is not None:
@@ -327,7 +328,7 @@ def update_ratio_figure(run: RunData) -> Any | None:
         zr, rr = [], []
         for r in rows:
             v = r["update_ratio"].get(name)
-            if is_finite_number(v) and v > 0:
+            if finite(v) and v > 0:
                 zr.append(math.log10(v))
                 rr.append(f"{v:.3g}")
             else:
@@ -382,10 +383,10 @@ def _rebin(edges: Sequence[float], counts: Sequence[float], lo: float, hi: float
         return min(bins - 1, max(0, int((x - lo) / width)))
 
     for i, c in enumerate(counts):
-        if i + 1 >= len(edges) or not is_finite_number(c) or not c:
+        if i + 1 >= len(edges) or not finite(c) or not c:
             continue
         a, b = edges[i], edges[i + 1]
-        if not (is_finite_number(a) and is_finite_number(b)):
+        if not (finite(a) and finite(b)):
             continue
         a, b = min(a, b), max(a, b)
         if b - a <= 0:
@@ -409,7 +410,7 @@ def histogram_figure(run: RunData, layer: str) -> Any | None:
     for kind in ("weight", "grad"):
         hs = [h for h in run.histograms if h.get("layer") == layer and h.get("kind") == kind
               and isinstance(h.get("edges"), list) and isinstance(h.get("counts"), list)]
-        edges_all = [e for h in hs for e in h["edges"] if is_finite_number(e)]
+        edges_all = [e for h in hs for e in h["edges"] if finite(e)]
         if not hs or not edges_all:
             panels.append(None)
             continue

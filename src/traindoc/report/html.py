@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from traindoc.monitor.rundir import RunData, read_run
+from traindoc.rundir import RunData, read_run
 
 EVIDENCE_VALUE_CHARS = 400
 """Longer evidence values are cut (the full value is in report.json)."""

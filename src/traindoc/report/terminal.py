@@ -45,6 +45,18 @@ def _print_info(info: dict[str, Any], console: Any) -> None:
 
 
 def print_report(report: Any, console: Any = None) -> None:
+    """Print a `Report` in the terminal (rich): what traindoc inferred, then each finding with its
+    evidence and fix, errors first.
+
+    >>> from traindoc import Finding, Report
+    >>> from rich.console import Console
+    >>> print_report(Report([Finding("loss-spike", "warning", "Loss spike at step 7")]),
+    ...              Console(width=60, color_system=None))  # doctest: +ELLIPSIS
+    ╭──...
+    │ WARNING loss-spike  Loss spike at step 7 ...
+    ...
+    1 finding(s), 0 error(s): ok (no errors)
+    """
     from rich.console import Console
     from rich.markup import escape
     from rich.panel import Panel

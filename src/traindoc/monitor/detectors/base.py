@@ -16,40 +16,15 @@ a broken run produces a handful of findings, not a flood.
 from __future__ import annotations
 
 import bisect
-import math
 from collections import deque
-from collections.abc import Iterable
 from typing import Any
 
 from traindoc.catalog import entry
 from traindoc.findings import Finding, Severity
 from traindoc.monitor.record import StepRecord
+from traindoc.numbers import finite, median, quantile
 
-
-def finite(value: float | None) -> bool:
-    """True for a real, finite number (None, NaN and +-Inf are not)."""
-    return value is not None and isinstance(value, (int, float)) and math.isfinite(value)
-
-
-def median(values: Iterable[float]) -> float:
-    """Median of a non-empty iterable (mean of the two middle values for an even count)."""
-    s = sorted(values)
-    n = len(s)
-    if n == 0:
-        raise ValueError("median of an empty sequence")
-    mid = n // 2
-    return s[mid] if n % 2 else 0.5 * (s[mid - 1] + s[mid])
-
-
-def quantile(values: Iterable[float], q: float) -> float:
-    """Linear-interpolation quantile (numpy's default) of a non-empty iterable."""
-    s = sorted(values)
-    if not s:
-        raise ValueError("quantile of an empty sequence")
-    pos = q * (len(s) - 1)
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+__all__ = ["Detector", "RollingWindow", "finite", "make_finding", "max_lr", "median", "quantile"]
 
 
 def max_lr(record: StepRecord) -> float | None:

@@ -33,7 +33,6 @@ its last flush. A reader skips a torn last line. Non-finite floats are stored as
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -44,6 +43,23 @@ from traindoc.findings import jsonable
 
 SCHEMA_VERSION = 1
 STREAMS = ("scalars", "layers", "histograms", "findings")
+
+
+def fresh_run_dir(base: str | os.PathLike[str] | None = None) -> Path:
+    """A run directory that does not exist yet: ``base`` (default ``./runs/<YYYYmmdd-HHMMSS>``), or
+    ``base-2``, ``base-3``, ... when it does: a new run never appends to an old one.
+
+    >>> import tempfile
+    >>> d = Path(tempfile.mkdtemp())
+    >>> fresh_run_dir(d).name == d.name + "-2", fresh_run_dir(d / "new") == d / "new"
+    (True, True)
+    """
+    path = Path(base) if base is not None else Path.cwd() / "runs" / time.strftime("%Y%m%d-%H%M%S")
+    candidate, n = path, 1
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.name}-{n}")
+    return candidate
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -171,7 +187,3 @@ def read_run(path: str | os.PathLike[str]) -> RunData:
         findings=_read_jsonl(p / "findings.jsonl"),
         report=report,
     )
-
-
-def is_finite_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
