@@ -216,8 +216,6 @@ def test_default_detectors_options():
     kept = default_detectors(disable=["loss-at-chance", "scheduler"], loss_spike=False)
     assert not any({"loss-at-chance", "scheduler-misuse", "loss-spike"} & set(d.ids) for d in kept)
     assert [d for d in default_detectors(loss_spike={"k": 3.0}) if d.id == "loss-spike"][0].k == 3.0
-    assert {d.id for d in default_detectors() if d.wants_layers} == {
-        "vanishing-gradients", "stalled-layers", "lr-too-low"}
     from traindoc.errors import TraindocInputError
 
     with pytest.raises(TraindocInputError):

@@ -13,17 +13,16 @@ import torch.nn.functional as F
 import traindoc
 from traindoc.findings import Finding, Report
 from traindoc.monitor import stats
-from traindoc.monitor.hooks import ORIGINAL_CLIP, active_listeners
+from traindoc.monitor.clip_patch import ORIGINAL_CLIP, active_listeners
+from traindoc.monitor.detectors.base import Detector
 from traindoc.monitor.record import StepRecord
 from traindoc.rundir import read_run
 
 torch.set_num_threads(1)
 
 
-class Recorder:
+class Recorder(Detector):
     """A fake detector: keeps every record it is fed, raises one finding at step 3 and one at the end."""
-
-    wants_layers = True
 
     def __init__(self) -> None:
         self.records: list[StepRecord] = []
@@ -34,7 +33,7 @@ class Recorder:
             return [Finding("loss-spike", "warning", "fake finding at step 3", {"step": 3})]
         return []
 
-    def finalize(self) -> list[Finding]:
+    def finalize(self, end=None) -> list[Finding]:
         return [Finding("loss-plateau", "hint", "fake final finding", {"steps": len(self.records)})]
 
 
@@ -152,7 +151,7 @@ def test_steady_state_step_never_syncs_and_copies_once_per_flush(tmp_path, monke
         def counting(self, *a, _orig=original, **k):
             # the NaN flag is read on the host only where it is host memory (CPU); on CUDA it is
             # copied to pinned memory without blocking, so that read is never a sync
-            if sys._getframe(1).f_code.co_name != "_check_nonfinite_flag":
+            if sys._getframe(1).f_code.co_name != "check_flag":
                 counts["n"] += 1
             return _orig(self, *a, **k)
 

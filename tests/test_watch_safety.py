@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import sys
 import types
 import warnings
+import weakref
 
 import pytest
 import torch
@@ -14,7 +16,8 @@ import torch.nn.functional as F
 import traindoc
 from traindoc.findings import Finding
 from traindoc.monitor import stats
-from traindoc.monitor.hooks import ORIGINAL_CLIP, active_listeners
+from traindoc.monitor.clip_patch import ORIGINAL_CLIP, active_listeners
+from traindoc.monitor.detectors.base import Detector
 from traindoc.monitor.record import StepRecord
 from traindoc.rundir import read_run
 
@@ -44,19 +47,13 @@ def train(model, opt, w=None, n=6, clip=None):
     return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
 
 
-class Records:
-    wants_layers = False
-
+class Records(Detector):
     def __init__(self):
         self.records: list[StepRecord] = []
 
     def update(self, record):
         self.records.append(record)
         return []
-
-    def finalize(self):
-        return []
-
 
 def test_exception_inside_a_hook_is_recorded_and_training_goes_on(tmp_path, monkeypatch):
     reference_model = mlp()
@@ -82,12 +79,9 @@ def test_exception_inside_a_hook_is_recorded_and_training_goes_on(tmp_path, monk
 
 
 def test_failing_detector_is_dropped_and_reported(tmp_path):
-    class Broken:
+    class Broken(Detector):
         def update(self, record):
             raise ZeroDivisionError("detector bug")
-
-        def finalize(self):
-            return []
 
     good = Records()
     model = mlp()
@@ -101,7 +95,7 @@ def test_failing_detector_is_dropped_and_reported(tmp_path):
 
 
 def test_failing_clip_fast_path_falls_back_to_torch(tmp_path, monkeypatch):
-    import traindoc.monitor.hooks as hooks
+    import traindoc.monitor.clip_patch as hooks
 
     def broken(*a, **k):
         raise RuntimeError("fast path bug")
@@ -334,3 +328,24 @@ def test_real_nan_forward_probe_names_the_module_of_the_bad_batch(tmp_path):
     found = w.report.get("nan-forward")
     assert found, w.report.to_json()
     assert found[0].evidence["first_module"] == "1" and found[0].evidence["samples"] == [5]
+
+
+@pytest.mark.parametrize("tensorboard", [False, True])
+def test_a_watch_never_closed_frees_its_model_and_the_clip_patch(tmp_path, tensorboard):
+    """A re-run notebook cell must not leak the previous model: nothing global holds a watch."""
+    if tensorboard:
+        pytest.importorskip("tensorboard")
+
+    def cell() -> list[weakref.ref]:
+        model = mlp()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        w = traindoc.watch(model, opt, run_dir=tmp_path / f"tb{tensorboard}", tensorboard=tensorboard, every=1,
+                           flush_every=2)
+        train(model, opt, w, clip=1.0)
+        assert active_listeners() == 1
+        return [weakref.ref(model), weakref.ref(opt), weakref.ref(w)]
+
+    refs = cell()
+    gc.collect()
+    assert [r() for r in refs] == [None, None, None]
+    assert active_listeners() == 0 and torch.nn.utils.clip_grad_norm_ is ORIGINAL_CLIP

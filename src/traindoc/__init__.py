@@ -19,18 +19,17 @@ __all__ = ["Finding", "Report", "TraindocInputError", "check", "print_report", "
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from traindoc.doctor import check
-    from traindoc.monitor.watch import watch
+    from traindoc.api import check, watch
     from traindoc.report.terminal import print_report
 
 
 def __getattr__(name: str) -> Any:
     if name == "check":
-        from traindoc.doctor import check
+        from traindoc.api import check
 
         return check
     if name == "watch":
-        from traindoc.monitor.watch import watch
+        from traindoc.api import watch
 
         return watch
     if name == "print_report":

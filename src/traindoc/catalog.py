@@ -80,8 +80,11 @@ _ENTRIES = [
         "repeated-batch", "data",
         "The same batch is fed again and again (a data loader re-created inside the loop, an "
         "iterator not advanced): the loss falls on that batch but the model learns nothing general.",
-        "Fingerprints of consecutive batches seen during training repeat.",
-        "Create the DataLoader once outside the loop and iterate it; check `shuffle=True`.",
+        "During training (`traindoc.watch` with the batch logged), each step's batch is fingerprinted on "
+        "the device; the same fingerprint on 8 consecutive optimizer steps (a warning: full-batch "
+        "training on purpose gives the same signal).",
+        "Create the DataLoader once outside the loop and take a new batch every step (`for batch in "
+        "loader:`); with `shuffle=True` each epoch also sees a new order.",
     ),
     Entry(
         "class-imbalance", "data",

@@ -15,7 +15,7 @@ def start_watch(model: Any, optimizer: Any, where: str, **kwargs: Any) -> Any | 
 
     The optimizer is unwrapped first (`unwrap_optimizer`). Bad arguments the user gave
     (`TraindocInputError`) are raised: they are the user's to fix."""
-    from traindoc.monitor.watch import watch
+    from traindoc.api import watch
 
     try:
         return watch(model, unwrap_optimizer(optimizer), **kwargs)

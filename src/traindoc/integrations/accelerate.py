@@ -37,7 +37,7 @@ def watch_accelerated(accelerator: Any, model: Any, optimizer: Any, *, run_dir: 
         run_dir: the run directory; with several processes each gets ``run_dir/rank<i>``.
         **options: passed to `traindoc.watch`.
     """
-    from traindoc.monitor.watch import watch
+    from traindoc.api import watch
     from traindoc.setup import unwrap_optimizer
 
     unwrapped = accelerator.unwrap_model(model) if hasattr(accelerator, "unwrap_model") else model

@@ -1,4 +1,5 @@
-"""`StepRecord`: what the monitor hands to the detectors, once per optimizer step, on the host.
+"""What the monitor hands to the detectors, on the host: `RunStart` when the watch starts, one
+`StepRecord` per optimizer step, and `RunEnd` when it closes.
 
 The monitor keeps its statistics on the device and copies them to the host once per flush; at the
 flush it builds one `StepRecord` per step, in step order, and feeds each detector. Detectors are
@@ -50,5 +51,31 @@ class StepRecord:
     """Per-module ||w_after - w_before|| / ||w_before|| of this step (same steps)."""
     layer_depth: dict[str, int] | None = None
     """Depth index (0 = nearest the input) of each module in the layer_* dicts."""
+    batch_fingerprint: float | None = None
+    """A fingerprint of the batch logged for this step (``watch.log(batch=...)``): equal batches give
+    equal fingerprints; None when no batch was logged."""
     extra: dict[str, float] = field(default_factory=dict)
     """Other metrics the user logged with watch.log(...)."""
+
+
+@dataclass
+class RunStart:
+    """What is known about the run when the watch starts."""
+
+    outside_optimizer: list[str] = field(default_factory=list)
+    """Names of the trainable model parameters that no param group of the watched optimizer holds."""
+    outside_numel: int = 0
+    num_classes: int | None = None
+
+
+@dataclass
+class RunEnd:
+    """What the monitor measured over the whole run, at close."""
+
+    steps: int = 0
+    """Optimizer steps taken."""
+    unmoved_outside: list[str] = field(default_factory=list)
+    """Parameters of `RunStart.outside_optimizer` whose values did not change during the run."""
+    unmoved_outside_numel: int = 0
+    unmoved_with_grad: list[str] = field(default_factory=list)
+    """Of those, the ones holding a non-zero gradient at close (the loss reaches them)."""

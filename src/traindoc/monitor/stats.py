@@ -1,6 +1,6 @@
 """Device-side statistics of a watched run: everything is written into preallocated device tensors.
 
-The rule (issue 3, "Speed"): a step never waits for the device. Every statistic of a step is a
+The rule: a step never waits for the device. Every statistic of a step is a
 device tensor written into one row of a ring buffer (`StatsBuffer.data`); the host reads the
 buffer with **one** copy per flush (`to_host`). Norms are computed with ``torch._foreach_norm``
 (one fused pass over all gradients); per-layer values are aggregated on the host at flush time
@@ -12,7 +12,7 @@ Row layout of `StatsBuffer.data` (float32, shape ``(rows, NUM_BASE + 3 * P)``)::
     GRAD_SQ   squared global gradient L2 norm before clipping
     STALE     1.0 when the gradient was non-zero before the step's first backward
     SCALE     AMP GradScaler scale
-    NONFINITE (reserved)
+    BATCH     fingerprint of the batch logged for the step (equal batches, equal values)
     TOKENS    tokens logged with watch.log(tokens=...) as tensors
     then P per-parameter gradient norms, P pre-step weight norms, P update norms ||w_after - w_before||
 
@@ -33,7 +33,7 @@ from collections.abc import Sequence
 
 import torch
 
-LOSS, GRAD_SQ, STALE, SCALE, NONFINITE, TOKENS = range(6)
+LOSS, GRAD_SQ, STALE, SCALE, BATCH, TOKENS = range(6)
 NUM_BASE = 6
 
 HOST_COPIES = [0]
@@ -170,6 +170,13 @@ class LayerHistograms:
         total = float(self.bins * self.num_slots)
         counts = torch.histc(mapped, bins=self.bins * self.num_slots, min=0.0, max=total)
         return torch.cat([counts.reshape(self.num_slots, self.bins), lo[:, None], hi[:, None]], dim=1)
+
+
+def param_fingerprints(params: Sequence[torch.Tensor]) -> torch.Tensor:
+    """(n, 2) device tensor: the sum and L2 norm of each parameter — they change when a weight moves."""
+    with torch.no_grad():
+        return torch.stack([torch.stack([p.detach().float().sum(), torch.linalg.vector_norm(p.detach().float())])
+                            for p in params])
 
 
 class StatsBuffer:

@@ -1,7 +1,8 @@
-"""TensorBoard event files for a watched run (``RUN_DIR/tb``), written at flush time only.
+"""TensorBoard event files for a watched run (``RUN_DIR/tb``), written at flush time only, by one
+background thread.
 
-`torch.utils.tensorboard` (and through it the ``tensorboard`` package) is imported lazily, on the
-first flush, so ``import traindoc`` never pays for it. Tags::
+`torch.utils.tensorboard` (and through it the ``tensorboard`` package) is imported when the watch
+starts (only when tensorboard is installed), so ``import traindoc`` never pays for it. Tags::
 
     loss, grad_norm, clipped, nonfinite_grads, scaler_scale, tokens_per_s    scalars per step
     lr/group{i}                                                              LR of each param group
@@ -10,13 +11,16 @@ first flush, so ``import traindoc`` never pays for it. Tags::
     weights/{layer}, grads/{layer}                                           histograms every H steps
 
 The writer costs ~0.2 ms per event (TensorBoard computes its record CRC in pure Python without
-TensorFlow), so the watch sends per-layer data only on steps that are multiples of its
-``tensorboard_every``; the run directory keeps every step.
+TensorFlow), so `TensorBoardWriter` sends per-layer data only on steps that are multiples of its
+``every``, and writes on a worker thread while the training thread is back in torch ops (which
+release the GIL); events keep their order (one worker), and `close` waits for them. The run
+directory keeps every step.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -83,3 +87,42 @@ class TensorBoardSink:
 
     def close(self) -> None:
         self.writer.close()
+
+
+class TensorBoardWriter:
+    """Sends each flush's lines to a `TensorBoardSink` on one background thread."""
+
+    def __init__(self, logdir: str | Path, every: int, guard: Callable[..., Any]):
+        self.sink = TensorBoardSink(logdir)
+        self.every = every
+        self.guard = guard  # runs a call, recording (not raising) traindoc's own failures
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="traindoc-tensorboard")
+
+    def submit(self, scalars: list[dict[str, Any]], layers: list[dict[str, Any]],
+               histograms: list[dict[str, Any]]) -> None:
+        k = self.every
+        self._pool.submit(self.guard, "tensorboard", self._write, scalars, [r for r in layers if r["step"] % k == 0],
+                          [r for r in histograms if r["step"] % k == 0])
+
+    def _write(self, scalars: list[dict[str, Any]], layers: list[dict[str, Any]],
+               histograms: list[dict[str, Any]]) -> None:
+        self.sink.write_scalars(scalars)
+        self.sink.write_layers(layers)
+        self.sink.write_histograms(histograms)
+        self.sink.flush()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        self.sink.close()
+
+    @property
+    def release(self) -> Callable[[], None]:
+        """A function that ends the worker and closes the event file, holding neither this writer nor
+        what its guard refers to (for a watch garbage-collected without ``close()``)."""
+        pool, writer = self._pool, self.sink.writer
+
+        def release() -> None:
+            pool.shutdown(wait=False)
+            writer.close()
+
+        return release

@@ -2,22 +2,26 @@
 
 One module per concern (thresholds and their reasons are in each module's docstring):
 
-=====================  ==========================================  ========================
-module                 ids                                         needs per-layer stats
-=====================  ==========================================  ========================
-nan_loss               nan-loss                                    no
-loss_spike             loss-spike                                  no
-divergence             divergence                                  no
-loss_plateau           loss-plateau, loss-at-chance                no
-gradient_scale         vanishing-gradients, exploding-gradients    yes
-stalled_layers         stalled-layers                              yes
-learning_rate          lr-too-low, lr-too-high                     yes
-zero_grad              missing-zero-grad                           no
-scheduler              scheduler-misuse                            no
-clipping               aggressive-clipping                         no
-grad_accum             grad-accum-normalization                    no
-train_mode             train-mode-off                              no
-=====================  ==========================================  ========================
+=====================  ==========================================  ===================================
+module                 ids                                         reads
+=====================  ==========================================  ===================================
+nan_loss               nan-loss                                    loss, non-finite gradients
+loss_spike             loss-spike                                  loss
+divergence             divergence                                  loss, non-finite gradients
+loss_plateau           loss-plateau, loss-at-chance                loss, LR, number of classes
+gradient_scale         vanishing-gradients, exploding-gradients    grad norm, per-layer grad norms
+stalled_layers         stalled-layers                              per-layer update/weight ratios
+learning_rate          lr-too-low, lr-too-high                     per-layer ratios and weights, loss
+zero_grad              missing-zero-grad                           stale-gradient flag, grad norm
+scheduler              scheduler-misuse                            LR
+clipping               aggressive-clipping                         pre-clip norm, clip threshold
+grad_accum             grad-accum-normalization                    backward calls, grad norm
+train_mode             train-mode-off                              model.training at each step
+repeated_batch         repeated-batch                              batch fingerprint
+params_outside         params-not-in-optimizer                     parameters outside the optimizer
+=====================  ==========================================  ===================================
+
+The per-layer values are filled every ``every`` steps (`traindoc.watch`); the rest every step.
 
     >>> from traindoc.monitor.record import StepRecord
     >>> detectors = default_detectors(loss_spike={"k": 8}, disable=["scheduler-misuse"])
@@ -43,6 +47,8 @@ from traindoc.monitor.detectors.learning_rate import LearningRateDetector
 from traindoc.monitor.detectors.loss_plateau import LossPlateauDetector
 from traindoc.monitor.detectors.loss_spike import LossSpikeDetector
 from traindoc.monitor.detectors.nan_loss import NanLossDetector
+from traindoc.monitor.detectors.params_outside import ParamsOutsideOptimizerDetector
+from traindoc.monitor.detectors.repeated_batch import RepeatedBatchDetector
 from traindoc.monitor.detectors.scheduler import SchedulerMisuseDetector
 from traindoc.monitor.detectors.stalled_layers import StalledLayersDetector
 from traindoc.monitor.detectors.train_mode import TrainModeOffDetector
@@ -51,7 +57,8 @@ from traindoc.monitor.detectors.zero_grad import MissingZeroGradDetector
 __all__ = [
     "DETECTOR_TYPES", "AggressiveClippingDetector", "Detector", "DivergenceDetector", "GradAccumDetector",
     "GradientScaleDetector", "LearningRateDetector", "LossPlateauDetector", "LossSpikeDetector",
-    "MissingZeroGradDetector", "NanLossDetector", "RollingWindow", "SchedulerMisuseDetector",
+    "MissingZeroGradDetector", "NanLossDetector", "ParamsOutsideOptimizerDetector", "RepeatedBatchDetector",
+    "RollingWindow", "SchedulerMisuseDetector",
     "StalledLayersDetector", "TrainModeOffDetector", "default_detectors",
 ]
 
@@ -68,6 +75,8 @@ DETECTOR_TYPES: dict[str, type[Detector]] = {
     "clipping": AggressiveClippingDetector,
     "grad_accum": GradAccumDetector,
     "train_mode": TrainModeOffDetector,
+    "repeated_batch": RepeatedBatchDetector,
+    "params_outside": ParamsOutsideOptimizerDetector,
 }
 """Option name (the module name) -> detector class, in reporting order."""
 

@@ -1,8 +1,9 @@
 """The `Detector` base class and the small streaming statistics the detectors share.
 
-A detector is a pure judge over host-side `StepRecord`s: `update(record)` is called once per
-optimizer step, in step order, and returns the findings that became certain at that step;
-`finalize()` is called once at close and returns findings that need the whole run. Detectors keep
+A detector is a pure judge over host-side records: `start(run)` is called once when the watch
+starts, with what is known then (`RunStart`); `update(record)` once per optimizer step, in step
+order, returning the findings that became certain at that step; `finalize(end)` once at close, with
+what the monitor measured over the whole run (`RunEnd`), returning findings that need the whole run. Detectors keep
 O(window) memory and report each id at most once (a few detectors, once per distinct layer set), so
 a broken run produces a handful of findings, not a flood.
 
@@ -21,7 +22,7 @@ from typing import Any
 
 from traindoc.catalog import entry
 from traindoc.findings import Finding, Severity
-from traindoc.monitor.record import StepRecord
+from traindoc.monitor.record import RunEnd, RunStart, StepRecord
 from traindoc.numbers import finite, median, quantile
 
 __all__ = ["Detector", "RollingWindow", "finite", "make_finding", "max_lr", "median", "quantile"]
@@ -80,21 +81,22 @@ class RollingWindow:
 class Detector:
     """Base class of the streaming detectors (see the module docstring for the contract).
 
-    Subclasses set `ids` (every finding id they may emit; `id` is the first) and `wants_layers`
-    (True when they read the `layer_*` dicts, which the monitor then fills every K steps).
+    Subclasses set `ids`: every finding id they may emit (`id` is the first).
     """
 
     ids: tuple[str, ...] = ()
-    wants_layers: bool = False
 
     @property
     def id(self) -> str:
         return self.ids[0]
 
-    def update(self, record: StepRecord) -> list[Finding]:  # pragma: no cover - overridden
+    def start(self, run: RunStart) -> list[Finding]:
         return []
 
-    def finalize(self) -> list[Finding]:
+    def update(self, record: StepRecord) -> list[Finding]:
+        return []
+
+    def finalize(self, end: RunEnd | None = None) -> list[Finding]:
         return []
 
     def __repr__(self) -> str:

@@ -19,7 +19,7 @@ from collections import deque
 
 from traindoc.findings import Finding
 from traindoc.monitor.detectors.base import Detector, finite, make_finding, median, quantile
-from traindoc.monitor.record import StepRecord
+from traindoc.monitor.record import RunEnd, StepRecord
 
 
 class AggressiveClippingDetector(Detector):
@@ -40,7 +40,7 @@ class AggressiveClippingDetector(Detector):
             return self._judge(record.step)
         return []
 
-    def finalize(self) -> list[Finding]:
+    def finalize(self, end: RunEnd | None = None) -> list[Finding]:
         if self._fired or len(self._window) < self.min_steps:
             return []
         return self._judge(self._window[-1][0])

@@ -1,6 +1,6 @@
 """`vanishing-gradients` and `exploding-gradients`: gradient norms off by orders of magnitude.
 
-Across depth (needs the per-layer dicts, so ``wants_layers`` is True): on every sample of
+Across depth (from the per-layer dicts, filled every ``every`` steps): on every sample of
 ``layer_grad_norm`` the layers with a finite, non-zero gradient norm are ordered by
 ``layer_depth`` (model order when no depth is given; at least ``min_layers`` = 3), and the ratio
 ``r = median(norms of the first third) / median(norms of the last third)`` is taken (first = nearest
@@ -48,7 +48,6 @@ def depth_thirds(norms: dict[str, float], depth: dict[str, int] | None,
 
 class GradientScaleDetector(Detector):
     ids = ("vanishing-gradients", "exploding-gradients")
-    wants_layers = True
 
     def __init__(self, vanish_ratio: float = 1e-3, explode_ratio: float = 1e3, sustain: int = 3,
                  min_layers: int = 3, time_window: int = 10, time_growth: float = 1e3):

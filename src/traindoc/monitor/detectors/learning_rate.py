@@ -1,7 +1,7 @@
 """`lr-too-low` and `lr-too-high`: judged from the update/weight ratios and the loss's response.
 
 Rule of thumb (Karpathy, CS231n): a healthy step changes each layer's weights by about 1e-3 of
-their norm. On every sample of ``layer_update_ratio`` (``wants_layers``) the detector takes the
+their norm. On every sample of ``layer_update_ratio`` (every ``every`` steps) the detector takes the
 median ratio across layers that moved at all (exactly-zero ratios are stalls, ``stalled-layers``'
 business) and keeps the rolling median of the last ``loss_window`` = 50 finite losses (and its best
 value once the window is full).
@@ -40,7 +40,6 @@ from traindoc.monitor.record import StepRecord
 
 class LearningRateDetector(Detector):
     ids = ("lr-too-low", "lr-too-high")
-    wants_layers = True
 
     def __init__(self, low_ratio: float = 1e-5, high_ratio: float = 1e-1, rising_ratio: float = 1e-2,
                  rising: float = 0.5, min_samples: int = 5, min_steps: int = 50, high_samples: int = 3,

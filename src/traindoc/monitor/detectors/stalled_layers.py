@@ -1,7 +1,7 @@
 """`stalled-layers`: layers whose weights barely move while the rest of the model trains.
 
-Seed 002's question, "do the head's weights move?", answered with numbers. Needs the per-layer
-dicts (``wants_layers``). On every sample of ``layer_update_ratio`` (||w_after - w_before|| /
+The question "do the head's weights move?", answered with numbers. Needs the per-layer
+dicts (filled every ``every`` steps). On every sample of ``layer_update_ratio`` (||w_after - w_before|| /
 ||w_before|| of that step), a layer counts as *tiny* when its ratio is < ``tiny`` = 1e-6 (a healthy
 update is ~1e-3; 1e-6 means the layer needs ~1e6 steps to change by its own size). A layer is
 *stalled* when it was tiny on ``min_samples`` = 5 consecutive samples spanning at least
@@ -22,12 +22,11 @@ from __future__ import annotations
 
 from traindoc.findings import Finding
 from traindoc.monitor.detectors.base import Detector, finite, make_finding, median
-from traindoc.monitor.record import StepRecord
+from traindoc.monitor.record import RunEnd, StepRecord
 
 
 class StalledLayersDetector(Detector):
     ids = ("stalled-layers",)
-    wants_layers = True
 
     def __init__(self, tiny: float = 1e-6, moving: float = 1e-4, min_samples: int = 5,
                  min_steps: int = 20):
@@ -78,7 +77,7 @@ class StalledLayersDetector(Detector):
             return [self._finding(new, record.step)]
         return []
 
-    def finalize(self) -> list[Finding]:
+    def finalize(self, end: RunEnd | None = None) -> list[Finding]:
         late = [n for n in self._stalled if n not in self._reported]
         if late and self._findings < 2:
             return [self._finding(late, None)]

@@ -1,6 +1,6 @@
 """The patch traindoc puts on `torch.nn.utils.clip_grad_norm_` while a run is watched.
 
-Seed 004 asks for the gradient norm *before* clipping and whether the user clipped. By the time
+The Tuning Playbook asks for the gradient norm *before* clipping and whether the user clipped. By the time
 the optimizer's step hook runs, the gradients are already clipped, so the monitor learns both from
 the clipping call itself: while at least one `traindoc.watch` is open, ``clip_grad_norm_`` is
 replaced by a wrapper that

@@ -1,0 +1,50 @@
+"""The detectors, fed in one place: `start` once, `update` per step record, `finalize` at close.
+
+A detector that raises is traindoc's bug: it is recorded in the watch's `FailureLog`, dropped for the
+rest of the run, and the other detectors and the training go on. Every finding goes to ``report``
+(the watch writes it to the run directory and keeps it for the final `Report`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from traindoc.findings import Finding
+from traindoc.monitor.detectors.base import Detector
+from traindoc.monitor.failures import FailureLog
+from traindoc.monitor.record import RunEnd, RunStart, StepRecord
+
+
+class Judges:
+    def __init__(self, detectors: Sequence[Detector], failures: FailureLog,
+                 report: Callable[[Finding, int | None], None]):
+        self.detectors = list(detectors)
+        self.failures = failures
+        self.report = report
+
+    @property
+    def names(self) -> list[str]:
+        return [type(d).__name__ for d in self.detectors]
+
+    def _ask(self, det: Detector, question: Callable[[], list[Finding] | None], step: int | None) -> None:
+        try:
+            found = question() or []
+        except Exception as e:
+            self.failures.record(f"detector {type(det).__name__}", e)
+            if det in self.detectors:
+                self.detectors.remove(det)
+            return
+        for f in found:
+            self.report(f, step)
+
+    def start(self, run: RunStart) -> None:
+        for det in list(self.detectors):
+            self._ask(det, lambda det=det: det.start(run), None)
+
+    def update(self, record: StepRecord) -> None:
+        for det in list(self.detectors):
+            self._ask(det, lambda det=det: det.update(record), record.step)
+
+    def finalize(self, end: RunEnd) -> None:
+        for det in list(self.detectors):
+            self._ask(det, lambda det=det: det.finalize(end), None)

@@ -1,0 +1,173 @@
+"""From the device buffer to host records: the flush's copies, then pure functions of host values.
+
+`read_steps` makes the flush's device-to-host copies (`traindoc.monitor.stats.to_host`, at most
+three: the stats ring, the LR/threshold/metric tensors, the histograms). `build_step` turns one
+step's host values into the `StepRecord` the detectors judge and the lines the run directory keeps
+(schema in `traindoc.rundir`); it reads nothing but its arguments.
+
+What the lines hold::
+
+    scalars.jsonl   step, loss, lr, grad_norm (pre-clip), clipped, clip_threshold,
+                    nonfinite_grads, first_nonfinite_param, backward_calls, grad_was_stale,
+                    skipped, scaler_scale, train_mode, tokens, batch_fingerprint, step_time (host
+                    seconds), metrics {name: float}; the watch adds tokens_per_s (over the flush
+                    window) and, on CUDA, peak_memory_bytes to the last line of each flush
+    layers.jsonl    every ``every`` steps: grad_norm, weight_norm (pre-step), update_ratio per layer
+    histograms.jsonl  every ``histograms_every`` steps, per chosen layer, "weight" and "grad"
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from traindoc.monitor import stats
+from traindoc.monitor.layout import ParamLayout
+from traindoc.monitor.record import StepRecord
+from traindoc.monitor.recorder import StepMeta
+from traindoc.monitor.stats import BATCH, LOSS, SCALE, STALE, TOKENS, StatsBuffer
+
+
+@dataclass
+class HostStep:
+    """One finished step's values, on the host."""
+
+    meta: StepMeta
+    row: np.ndarray
+    lr: list[float | None]
+    clip_threshold: float | None
+    metrics: dict[str, float]
+    hist: np.ndarray | None
+
+
+@dataclass
+class BuiltStep:
+    record: StepRecord
+    scalars: dict[str, Any]
+    layers: dict[str, Any] | None
+
+
+def read_steps(buffer: StatsBuffer, metas: Sequence[StepMeta]) -> list[HostStep]:
+    """Copy the rows of these steps, and every tensor their metas hold, to the host."""
+    if not metas:
+        return []
+    device = buffer.device
+    host = stats.to_host(buffer.data).numpy()
+    refs: list[torch.Tensor] = []
+    for m in metas:
+        for v in m.lr:
+            if isinstance(v, torch.Tensor):
+                refs.append(v.float().reshape(()).to(device))
+        if isinstance(m.clip_threshold, torch.Tensor):
+            refs.append(m.clip_threshold.float().reshape(()).to(device))
+        for v in m.metrics.values():
+            if isinstance(v, torch.Tensor):
+                refs.append(v.float().reshape(()).to(device))
+    values = iter(stats.to_host(torch.stack(refs)).tolist() if refs else [])
+
+    def value(v: Any) -> Any:
+        return next(values) if isinstance(v, torch.Tensor) else v
+
+    with_hist = [m for m in metas if m.hist is not None]
+    hist = stats.to_host(torch.stack([m.hist for m in with_hist])).numpy() if with_hist else None
+    hist_of = {m.step: hist[k] for k, m in enumerate(with_hist)} if hist is not None else {}
+    out = []
+    for m in metas:
+        lr = [float(value(v)) if v is not None else None for v in m.lr]
+        threshold = value(m.clip_threshold)
+        metrics = {k: float(value(v)) for k, v in m.metrics.items()}
+        out.append(HostStep(m, host[m.step % buffer.rows].copy(), lr,
+                            float(threshold) if threshold is not None else None, metrics, hist_of.get(m.step)))
+    return out
+
+
+def layer_stats(layout: ParamLayout, buffer: StatsBuffer, row: np.ndarray,
+                ) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
+    """Per-layer gradient norm, weight norm and update/weight ratio from the per-parameter norms."""
+    pg, pw, pu = row[buffer.grad_cols], row[buffer.weight_cols], row[buffer.update_cols]
+    sums = np.zeros((3, len(layout.layers)))
+    np.add.at(sums, (slice(None), layout.layer_of_np), np.square(np.stack([pg, pw, pu]).astype(np.float64)))
+    norms = np.sqrt(sums).tolist()
+    lg: dict[str, float] = {}
+    lw: dict[str, float] = {}
+    lu: dict[str, float] = {}
+    for li, name in enumerate(layout.layers):
+        g, w, u = norms[0][li], norms[1][li], norms[2][li]
+        lg[name], lw[name] = g, w
+        if w > 0 and math.isfinite(w):
+            lu[name] = u / w
+    return lg, lw, lu
+
+
+def build_step(layout: ParamLayout, buffer: StatsBuffer, h: HostStep, *, prev_time: float,
+               num_classes: int | None) -> BuiltStep:
+    """The record and run-directory lines of one step (a pure function of its arguments)."""
+    m, row, s = h.meta, h.row, h.meta.step
+    loss = (float(row[LOSS]) + m.loss_host) / m.loss_count if m.loss_count else None
+    grad_norm = math.sqrt(float(row[stats.GRAD_SQ])) if m.grads_seen else None
+    if grad_norm is not None and math.isnan(float(row[stats.GRAD_SQ])):
+        grad_norm = float("nan")
+    bad = np.flatnonzero(~np.isfinite(row[buffer.grad_cols])).tolist() if m.grads_seen else []
+    # elements of the parameters whose gradient norm is non-finite: exact when a NaN/Inf fills whole
+    # gradients (the usual case once one reaches backward), an upper bound otherwise; never hidden
+    nonfinite = sum(layout.numels[i] for i in bad)
+    first_bad = layout.names[bad[0]] if bad else None
+    clipped = bool(grad_norm > h.clip_threshold) if h.clip_threshold is not None and grad_norm is not None \
+        else None
+    stale = bool(row[STALE] > 0.5) if m.stale == "device" else m.stale
+    skipped = m.skipped
+    layers_line = None
+    lg = lw = lu = depth = None
+    if m.layer_stats:
+        lg, lw, lu = layer_stats(layout, buffer, row)
+        depth = {name: layout.depth[name] for name in lg}
+        if float(np.square(row[buffer.update_cols].astype(np.float64)).sum()) == 0.0:
+            skipped = True  # the step changed no weight (lr 0, or an optimizer that did nothing)
+        layers_line = {"step": s, "grad_norm": lg, "weight_norm": lw, "update_ratio": lu}
+    scale = float(row[SCALE]) if m.has_scale else None
+    tokens = float(row[TOKENS]) + m.tokens_host if m.tokens_logged else None
+    fingerprint = float(row[BATCH]) if m.batch_logged else None
+    extra = dict(h.metrics)
+    if m.train_mode is not None:
+        extra["train_mode"] = 1.0 if m.train_mode else 0.0
+    if tokens is not None:
+        extra["tokens"] = tokens
+    record = StepRecord(
+        step=s, loss=loss, lr=[float(x) if x is not None else float("nan") for x in h.lr],
+        grad_norm=grad_norm, clip_threshold=h.clip_threshold, clipped=clipped, nonfinite_grads=nonfinite,
+        first_nonfinite_param=first_bad, backward_calls=max(m.backward_calls, 1), grad_was_stale=stale,
+        num_classes=num_classes, scaler_scale=scale, skipped=skipped, layer_grad_norm=lg,
+        layer_weight_norm=lw, layer_update_ratio=lu, layer_depth=depth, batch_fingerprint=fingerprint,
+        extra=extra)
+    scalars = {
+        "step": s, "loss": loss, "lr": h.lr, "grad_norm": grad_norm, "clipped": clipped,
+        "clip_threshold": h.clip_threshold, "nonfinite_grads": nonfinite, "first_nonfinite_param": first_bad,
+        "backward_calls": m.backward_calls, "grad_was_stale": stale, "skipped": skipped,
+        "scaler_scale": scale, "train_mode": m.train_mode, "tokens": tokens, "batch_fingerprint": fingerprint,
+        "step_time": (m.time - prev_time) if m.time is not None else None, "metrics": h.metrics,
+    }
+    return BuiltStep(record, scalars, layers_line)
+
+
+def histogram_lines(layout: ParamLayout, layers: Sequence[int], bins: int, step: int,
+                    data: np.ndarray) -> list[dict[str, Any]]:
+    """The histograms.jsonl lines of one step: weight (slot 2k) and gradient (slot 2k+1) of each
+    chosen layer; a layer whose values hold a NaN/Inf has no histogram (counted in nonfinite_grads)."""
+    lines = []
+    for k, li in enumerate(layers):
+        for j, kind in enumerate(("weight", "grad")):
+            row = data[2 * k + j]
+            counts = [int(round(float(c))) for c in row[:bins]]
+            if kind == "grad" and not any(counts):
+                continue
+            lo, hi = float(row[bins]), float(row[bins + 1])
+            if not (math.isfinite(lo) and math.isfinite(hi)):
+                continue
+            edges = [lo + (hi - lo) * b / bins for b in range(bins + 1)]
+            lines.append({"step": step, "layer": layout.layers[li], "kind": kind, "edges": edges, "counts": counts})
+    return lines
