@@ -1,4 +1,4 @@
-"""Finding / Report / catalog contracts, and the CLI's plumbing."""
+"""Finding / Report / catalog contracts (the CLI is tested in test_cli.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import torch
 
 from traindoc import Finding, Report
 from traindoc.catalog import CATALOG, markdown
-from traindoc.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,12 +53,6 @@ def test_catalog_ids_are_kebab_case_and_mission_ids_exist():
 def test_docs_page_is_generated_from_the_catalog():
     assert (ROOT / "docs" / "findings.md").read_text() == markdown() + "\n", \
         "docs/findings.md is stale: run `traindoc catalog --markdown > docs/findings.md`"
-
-
-def test_cli_bad_run_dir_is_one_message_and_exit_2(tmp_path, capsys):
-    assert main(["report", str(tmp_path / "missing")]) == 2
-    err = capsys.readouterr().err
-    assert "missing" in err and "Traceback" not in err
 
 
 def test_jsonable_handles_non_finite():

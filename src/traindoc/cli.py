@@ -1,12 +1,80 @@
-"""The `traindoc` command line. Bad input gets one clear message and exit status 2, not a traceback."""
+"""The `traindoc` command line. Bad input gets one clear message and exit status 2, not a traceback.
+
+Exit status: 0 success; 1 `traindoc report --fail-on` found a finding of that severity or worse;
+2 bad input (a missing folder, a path that is not a run directory, an optional extra not installed)
+or an error while rendering the HTML page; 130 interrupted.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from collections import Counter
 from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
 
 from traindoc.errors import TraindocInputError
+
+if TYPE_CHECKING:
+    from traindoc.findings import Report
+    from traindoc.rundir import RunData
+
+DESCRIPTION = """\
+traindoc finds out why a PyTorch training run does not learn. In Python, traindoc.check(model, batch)
+runs a few one-batch experiments on your real model and data and reports each problem it proves, with
+the evidence and the fix; traindoc.watch(model, optimizer) follows a training run (NaNs, loss spikes,
+plateaus, vanishing or exploding gradients, stalled layers) and records it in a run directory. This
+command turns such a run directory into an HTML page or JSON, fails a CI job on its findings, lists
+every finding id, and runs the demo."""
+
+EPILOG = """\
+examples:
+  traindoc report runs/20250101-120000
+      write runs/20250101-120000/report.html (findings, loss, LR, gradient plots)
+  traindoc report runs/20250101-120000 --no-html --json findings.json --fail-on error
+      CI gate: write the findings as JSON, exit 1 if the run has an error finding
+  traindoc catalog
+      list every finding id with its category and what it means
+
+exit status: 0 ok; 1 `report --fail-on` matched a finding; 2 bad input or an error (one message on
+stderr). `traindoc COMMAND --help` describes each command's options."""
+
+REPORT_DESCRIPTION = """\
+Read a run directory written by traindoc.watch (meta.json, scalars.jsonl, findings.jsonl, and
+report.json once the run was closed) and render it as one self-contained HTML page; optionally write
+its findings as JSON and set the exit status from them. A run killed before close() has no
+report.json: its findings so far are read from findings.jsonl and the JSON says "complete": false."""
+
+REPORT_EPILOG = """\
+examples:
+  traindoc report RUN_DIR                          RUN_DIR/report.html
+  traindoc report RUN_DIR -o /tmp/run.html         the page somewhere else
+  traindoc report RUN_DIR --no-html --json -       the findings as JSON on stdout
+  traindoc report RUN_DIR --no-html --fail-on warning
+                                                   exit 1 if any warning or error was found
+
+exit status: 0 ok; 1 --fail-on matched a finding (one line on stderr names them); 2 RUN_DIR is not a
+run directory, plotly is missing for the HTML page, or the page could not be rendered."""
+
+_RANK = {"error": 0, "warning": 1, "hint": 2}
+
+
+def _version() -> str:
+    """The installed distribution's version, or the package's own when traindoc is not installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("traindoc")
+    except PackageNotFoundError:
+        from traindoc import __version__
+
+        return __version__
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -15,12 +83,129 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(steps=args.steps, out_dir=args.out, json_path=args.json, threads=args.threads)
 
 
-def _cmd_report(args: argparse.Namespace) -> int:
-    from traindoc.report.html import write_html_report
+# ----------------------------------------------------------------------------- report
 
-    out = write_html_report(args.run_dir, args.output)
-    print(f"wrote {out}")
-    return 0
+
+def _load_run(run_dir: str) -> RunData:
+    from traindoc.rundir import read_run
+
+    p = Path(run_dir)
+    if not p.exists():
+        raise FileNotFoundError(f"run directory {p} does not exist")
+    if not p.is_dir():
+        raise FileNotFoundError(f"{p} is a file, not a traindoc run directory")
+    for name in ("meta.json", "report.json"):  # read_run's own JSON errors do not name the file
+        if (p / name).is_file():
+            try:
+                json.loads((p / name).read_text(encoding="utf-8"))
+            except ValueError as e:
+                raise ValueError(f"{p / name} is not valid JSON: {e}") from e
+    return read_run(p)
+
+
+def run_report(run: RunData) -> Report:
+    """The run's `Report`: report.json's when the run was closed; else rebuilt from findings.jsonl and
+    meta.json, with ``info["complete"] = False`` and ``info["steps"]`` from the last scalars line.
+
+    Raises ValueError (with the file to blame) when a stored report or finding is malformed."""
+    from traindoc.findings import Finding, Report, jsonable
+
+    # read_run turns the strings "nan"/"inf"/"-inf" into floats everywhere (a title too); jsonable
+    # turns them back, so the JSON holds what the files hold.
+    if run.report is not None:
+        try:
+            return Report.from_dict(jsonable(run.report))
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise ValueError(f"{run.path / 'report.json'} is not a valid traindoc report: {e!r}") from e
+    findings = []
+    for n, record in enumerate(run.findings, 1):
+        try:
+            findings.append(Finding.from_dict(jsonable(record)))
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise ValueError(f"{run.path / 'findings.jsonl'} record {n} is not a valid finding: {e!r}") from e
+    steps = [r["step"] for r in run.scalars
+             if isinstance(r.get("step"), int) and not isinstance(r.get("step"), bool)]
+    last_step = steps[-1] if steps else None
+    info: dict[str, Any] = {
+        "complete": False,
+        "note": "the run was not closed (killed, crashed or still running): no report.json; these are "
+                "the findings written up to its last flush",
+        "steps": last_step + 1 if last_step is not None else 0,
+        "last_step": last_step,
+        "run_dir": str(run.path),
+    }
+    for key in ("model", "optimizer", "num_params", "started"):
+        if key in run.meta:
+            info[key] = run.meta[key]
+    return Report(findings, info)
+
+
+def _write_json(report: Report, target: str, run_dir: Path, out: TextIO) -> None:
+    text = report.to_json() + "\n"
+    if target == "-":
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    path = Path(target)
+    if path.resolve() == (run_dir / "report.json").resolve():
+        raise TraindocInputError("--json", f"{path} is the run's own report.json; choose another path")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    print(f"wrote {path}", file=out)
+
+
+def _write_html(args: argparse.Namespace, out: TextIO) -> bool:
+    """The HTML page; False (after one message on stderr) when it could not be written."""
+    from traindoc.report.html import MissingExtraError, write_html_report
+
+    try:
+        page = write_html_report(args.run_dir, args.output)
+    except MissingExtraError as e:
+        print(f"traindoc report: {e} (or pass --no-html to skip the page)", file=sys.stderr)
+        return False
+    except OSError:
+        raise  # a path problem the user can fix: main() prints it
+    except Exception as e:  # a bug in traindoc's renderer, not in the user's run
+        print(f"traindoc report: internal error while rendering the HTML page: {type(e).__name__}: {_one_line(e)} "
+              "(please report it to traindoc; the run directory is intact, and --no-html with --json or "
+              "--fail-on works without the page)", file=sys.stderr)
+        return False
+    print(f"wrote {page}", file=out)
+    return True
+
+
+def _counts(findings: Sequence[Any]) -> str:
+    n = Counter(f.severity for f in findings)
+    return ", ".join(f"{n[s]} {s}{'' if n[s] == 1 else 's'}" for s in ("error", "warning", "hint"))
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    # With `--json -` stdout carries the JSON alone; every other line goes to stderr.
+    out = sys.stderr if args.json == "-" else sys.stdout
+    run = _load_run(args.run_dir)
+    report = run_report(run)
+    if args.json is not None:
+        _write_json(report, args.json, run.path, out)
+    if not args.no_html and not _write_html(args, out):
+        return 2
+    state = "closed" if run.report is not None else "not closed (no report.json)"
+    steps = report.info.get("steps")
+    print(f"{run.path}: run {state}, {steps if steps is not None else '?'} steps; "
+          f"{len(report)} finding{'' if len(report) == 1 else 's'} ({_counts(report.findings)})", file=out)
+    if args.fail_on is None:
+        return 0
+    bad = [f for f in report.findings if _RANK[f.severity] <= _RANK[args.fail_on]]
+    if not bad:
+        return 0
+    seen = Counter((f.id, f.severity) for f in bad)
+    names = [f"{fid} ({sev}{f', {n}x' if n > 1 else ''})" for (fid, sev), n in seen.items()]
+    shown = ", ".join(names[:10]) + (f", and {len(names) - 10} more" if len(names) > 10 else "")
+    print(f"traindoc report: --fail-on {args.fail_on}: {len(bad)} finding{'' if len(bad) == 1 else 's'} "
+          f"at {args.fail_on} or worse: {shown}", file=sys.stderr)
+    return 1
+
+
+# ----------------------------------------------------------------------------- catalog
 
 
 def _cmd_catalog(args: argparse.Namespace) -> int:
@@ -35,8 +220,12 @@ def _cmd_catalog(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="traindoc", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    raw = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(prog="traindoc", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=raw)
+    parser.add_argument("--version", action="version", version=f"traindoc {_version()}",
+                        help="print traindoc's version and exit")
+    sub = parser.add_subparsers(dest="command", required=True, title="commands", metavar="COMMAND")
 
     demo = sub.add_parser("demo", help="diagnose and fix the seed-000 chatbot (nn.Transformer stuck at loss ~5)")
     demo.add_argument("--steps", type=int, default=None, help="training steps for each of the two models")
@@ -45,13 +234,32 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     demo.set_defaults(func=_cmd_demo)
 
-    report = sub.add_parser("report", help="render a run directory as one self-contained HTML file")
-    report.add_argument("run_dir")
-    report.add_argument("-o", "--output", default=None, help="HTML path (default RUN_DIR/report.html)")
+    report = sub.add_parser(
+        "report", help="render a run directory as one HTML page, write its findings as JSON, or fail CI on them",
+        description=REPORT_DESCRIPTION, epilog=REPORT_EPILOG, formatter_class=raw)
+    report.add_argument("run_dir", metavar="RUN_DIR",
+                        help="the run directory traindoc.watch wrote (the folder holding meta.json)")
+    html = report.add_mutually_exclusive_group()
+    html.add_argument("-o", "--output", default=None, metavar="PATH",
+                      help="where to write the HTML page (default: RUN_DIR/report.html)")
+    html.add_argument("--no-html", action="store_true",
+                      help="do not write the HTML page, which needs plotly (pip install 'traindoc[report]'); "
+                           "for a CI gate with --json/--fail-on (default: the page is written)")
+    report.add_argument("--json", default=None, metavar="PATH",
+                        help="also write the run's report as JSON, the schema of Report.to_dict(): "
+                             '{"version": 1, "ok", "info", "findings"}; "-" writes it to stdout '
+                             "(default: no JSON)")
+    report.add_argument("--fail-on", choices=("error", "warning"), default=None,
+                        help="exit with status 1 when the run has a finding of this severity or worse "
+                             "(warning includes error) (default: exit 0 whatever was found)")
     report.set_defaults(func=_cmd_report)
 
-    catalog = sub.add_parser("catalog", help="list every finding id")
-    catalog.add_argument("--markdown", action="store_true", help="print docs/findings.md")
+    catalog = sub.add_parser("catalog", help="list every finding id with its category and meaning",
+                             description="List every finding id traindoc can report, with its category "
+                                         "and meaning.")
+    catalog.add_argument("--markdown", action="store_true",
+                         help="print the full reference as Markdown, the text of docs/findings.md "
+                              "(default: one line per finding id)")
     catalog.set_defaults(func=_cmd_catalog)
     return parser
 
@@ -60,8 +268,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (TraindocInputError, FileNotFoundError, NotADirectoryError, ValueError) as e:
-        print(f"traindoc {args.command}: {e}", file=sys.stderr)
+    except (TraindocInputError, OSError, ValueError) as e:
+        print(f"traindoc {args.command}: {_one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
