@@ -19,6 +19,7 @@ from torch import nn
 import traindoc
 from traindoc.cli import build_parser, main
 from traindoc.findings import Finding, Report
+from traindoc.monitor.detectors.base import Detector
 from traindoc.rundir import RunDirWriter
 
 torch.set_num_threads(1)
@@ -105,13 +106,11 @@ def test_every_argument_has_help_with_its_default(command):
 def _watched_run(run_dir: Path):
     """A tiny real `traindoc.watch` loop left open: the run directory of a run killed after 6 steps."""
 
-    class SpikeAtStep3:
-        wants_layers = False
-
+    class SpikeAtStep3(Detector):
         def update(self, record):
             return [WARNING] if record.step == 3 else []
 
-        def finalize(self):
+        def finalize(self, end=None):
             return [HINT]
 
     torch.manual_seed(0)

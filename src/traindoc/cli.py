@@ -8,7 +8,6 @@ or an error while rendering the HTML page; 130 interrupted.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections import Counter
 from collections.abc import Sequence
@@ -19,7 +18,6 @@ from traindoc.errors import TraindocInputError
 
 if TYPE_CHECKING:
     from traindoc.findings import Report
-    from traindoc.rundir import RunData
 
 DESCRIPTION = """\
 traindoc finds out why a PyTorch training run does not learn. In Python, traindoc.check(model, batch)
@@ -86,60 +84,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- report
 
 
-def _load_run(run_dir: str) -> RunData:
-    from traindoc.rundir import read_run
-
-    p = Path(run_dir)
-    if not p.exists():
-        raise FileNotFoundError(f"run directory {p} does not exist")
-    if not p.is_dir():
-        raise FileNotFoundError(f"{p} is a file, not a traindoc run directory")
-    for name in ("meta.json", "report.json"):  # read_run's own JSON errors do not name the file
-        if (p / name).is_file():
-            try:
-                json.loads((p / name).read_text(encoding="utf-8"))
-            except ValueError as e:
-                raise ValueError(f"{p / name} is not valid JSON: {e}") from e
-    return read_run(p)
-
-
-def run_report(run: RunData) -> Report:
-    """The run's `Report`: report.json's when the run was closed; else rebuilt from findings.jsonl and
-    meta.json, with ``info["complete"] = False`` and ``info["steps"]`` from the last scalars line.
-
-    Raises ValueError (with the file to blame) when a stored report or finding is malformed."""
-    from traindoc.findings import Finding, Report, jsonable
-
-    # read_run turns the strings "nan"/"inf"/"-inf" into floats everywhere (a title too); jsonable
-    # turns them back, so the JSON holds what the files hold.
-    if run.report is not None:
-        try:
-            return Report.from_dict(jsonable(run.report))
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
-            raise ValueError(f"{run.path / 'report.json'} is not a valid traindoc report: {e!r}") from e
-    findings = []
-    for n, record in enumerate(run.findings, 1):
-        try:
-            findings.append(Finding.from_dict(jsonable(record)))
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
-            raise ValueError(f"{run.path / 'findings.jsonl'} record {n} is not a valid finding: {e!r}") from e
-    steps = [r["step"] for r in run.scalars
-             if isinstance(r.get("step"), int) and not isinstance(r.get("step"), bool)]
-    last_step = steps[-1] if steps else None
-    info: dict[str, Any] = {
-        "complete": False,
-        "note": "the run was not closed (killed, crashed or still running): no report.json; these are "
-                "the findings written up to its last flush",
-        "steps": last_step + 1 if last_step is not None else 0,
-        "last_step": last_step,
-        "run_dir": str(run.path),
-    }
-    for key in ("model", "optimizer", "num_params", "started"):
-        if key in run.meta:
-            info[key] = run.meta[key]
-    return Report(findings, info)
-
-
 def _write_json(report: Report, target: str, run_dir: Path, out: TextIO) -> None:
     text = report.to_json() + "\n"
     if target == "-":
@@ -182,8 +126,10 @@ def _counts(findings: Sequence[Any]) -> str:
 def _cmd_report(args: argparse.Namespace) -> int:
     # With `--json -` stdout carries the JSON alone; every other line goes to stderr.
     out = sys.stderr if args.json == "-" else sys.stdout
-    run = _load_run(args.run_dir)
-    report = run_report(run)
+    from traindoc.rundir import read_run
+
+    run = read_run(args.run_dir)
+    report = run.final_report()
     if args.json is not None:
         _write_json(report, args.json, run.path, out)
     if not args.no_html and not _write_html(args, out):

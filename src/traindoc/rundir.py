@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from traindoc.findings import jsonable
+from traindoc.findings import Finding, Report, jsonable
 
 SCHEMA_VERSION = 1
 STREAMS = ("scalars", "layers", "histograms", "findings")
@@ -156,6 +156,39 @@ class RunData:
     findings: list[dict[str, Any]] = field(default_factory=list)
     report: dict[str, Any] | None = None
 
+    def final_report(self) -> Report:
+        """The run's `Report`: report.json's when the run was closed; else rebuilt from findings.jsonl
+        and meta.json, with ``info["complete"] = False`` and ``info["steps"]`` from the last scalars line.
+
+        Raises ValueError (naming the file to blame) when a stored report or finding is malformed."""
+        # the strings "nan"/"inf"/"-inf" were revived as floats everywhere (a title too); jsonable
+        # turns them back, so the Report holds what the files hold
+        if self.report is not None:
+            try:
+                return Report.from_dict(jsonable(self.report))
+            except (KeyError, TypeError, ValueError, AttributeError) as e:
+                raise ValueError(f"{self.path / 'report.json'} is not a valid traindoc report: {e!r}") from e
+        findings = []
+        for n, record in enumerate(self.findings, 1):
+            try:
+                findings.append(Finding.from_dict(jsonable(record)))
+            except (KeyError, TypeError, ValueError, AttributeError) as e:
+                raise ValueError(f"{self.path / 'findings.jsonl'} record {n} is not a valid finding: {e!r}") from e
+        steps = [r["step"] for r in self.scalars if isinstance(r.get("step"), int) and not isinstance(r["step"], bool)]
+        last_step = steps[-1] if steps else None
+        info: dict[str, Any] = {
+            "complete": False,
+            "note": "the run was not closed (killed, crashed or still running): no report.json; these are "
+                    "the findings written up to its last flush",
+            "steps": last_step + 1 if last_step is not None else 0,
+            "last_step": last_step,
+            "run_dir": str(self.path),
+        }
+        for key in ("model", "optimizer", "num_params", "started"):
+            if key in self.meta:
+                info[key] = self.meta[key]
+        return Report(findings, info)
+
     def series(self, key: str) -> tuple[list[int], list[float]]:
         """(steps, values) of one scalar, skipping records without it."""
         steps, values = [], []
@@ -167,17 +200,32 @@ class RunData:
         return steps, values
 
 
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from e
+
+
 def read_run(path: str | os.PathLike[str]) -> RunData:
-    """Read a run directory (complete or killed mid-run). Raises FileNotFoundError if not one."""
+    """Read a run directory (complete or killed mid-run).
+
+    Raises FileNotFoundError when ``path`` is missing or not a run directory, ValueError (naming the
+    file) when its meta.json or report.json is not valid."""
     p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"run directory {p} does not exist")
+    if not p.is_dir():
+        raise FileNotFoundError(f"{p} is a file, not a traindoc run directory")
     meta_path = p / "meta.json"
     if not meta_path.exists():
         raise FileNotFoundError(f"{p} is not a traindoc run directory (no meta.json)")
-    meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    if meta.get("version") != SCHEMA_VERSION:
-        raise ValueError(f"{p}: unsupported run directory version {meta.get('version')!r}")
+    meta = _read_json(meta_path)
+    if not isinstance(meta, dict) or meta.get("version") != SCHEMA_VERSION:
+        raise ValueError(f"{meta_path}: unsupported run directory version "
+                         f"{meta.get('version') if isinstance(meta, dict) else None!r}")
     report_path = p / "report.json"
-    report = _revive(json.loads(report_path.read_text(encoding="utf-8"))) if report_path.exists() else None
+    report = _revive(_read_json(report_path)) if report_path.is_file() else None
     return RunData(
         path=p,
         meta=meta,
