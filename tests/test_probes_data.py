@@ -348,6 +348,23 @@ def test_per_token_losses_masked_after_the_call_are_clean():
     assert data_ids(report) == {"padding-in-loss"}
 
 
+def test_whole_check_on_a_padded_lm_with_a_masked_per_token_loss_costs_one_forward_three_backwards():
+    """What the README promises: the loss backward also says which per-token losses count; the
+    dependency probes spend one each."""
+
+    def masked_after(out, b):
+        per_token = F.cross_entropy(out[:, :-1].reshape(-1, out.shape[-1]), b["input_ids"][:, 1:].reshape(-1),
+                                    reduction="none")
+        keep = b["attention_mask"][:, 1:].reshape(-1).float()
+        return (per_token * keep).sum() / keep.sum()
+
+    model = TinyGRULM()
+    report = traindoc.check(model, lm_batch(), loss_fn=masked_after,
+                            optimizer=torch.optim.AdamW(model.parameters(), lr=1e-3))
+    assert bool((lm_batch()["attention_mask"] == 0).any())  # padded: padding-leak spends its backward
+    assert report.info["passes"] == {"forward": 1, "backward": 3}
+
+
 def test_seed000_variant_that_zero_weights_eos_after_the_call(seed000):
     """The seed's mask applied as a weight on per-token losses: still no EOS reaches the loss."""
     tok, batch = seed000

@@ -13,8 +13,8 @@ from torch import nn
 import model_zoo as z
 import traindoc
 from traindoc.probes import memory
-from traindoc.probes.context import LossCall
-from traindoc.probes.nan_forward import locate_nonfinite, per_element_loss
+from traindoc.probes.main_pass import LossCall
+from traindoc.probes.nan_forward import locate_nonfinite
 from traindoc.state import fingerprint
 
 torch.set_num_threads(1)
@@ -181,7 +181,7 @@ def test_nan_forward_diverged_weights_in_hf_model_with_bad_labels():
 def test_per_element_loss_marks_out_of_range_labels():
     logits = torch.randn(4, 2)
     call = LossCall("cross_entropy", logits, torch.tensor([0, 1, 2, -100]), -100, "mean")
-    losses, ignored, oor, C = per_element_loss(call)
+    losses, ignored, oor, C = call.per_element()
     assert C == 2 and oor.tolist() == [False, False, True, False] and ignored.tolist() == [False] * 3 + [True]
     assert torch.isnan(losses[2]) and losses[3] == 0
     assert torch.allclose(losses[:2], F.cross_entropy(logits[:2], torch.tensor([0, 1]), reduction="none"))

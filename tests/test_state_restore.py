@@ -166,12 +166,19 @@ def test_bad_input_names_the_argument(kwargs, argument):
 
 # ------------------------------------------------------------------ internal failure of a probe
 def test_failing_probe_becomes_a_hint_and_state_is_restored(monkeypatch):
-    registry.all_probes()  # import and register the real probes first
 
     def broken(ctx):
-        with torch.no_grad():
-            for p in ctx.setup.model.parameters():
-                p.add_(1.0)  # damage first, then fail: the check must still restore everything
+        # disturb everything a probe could, then fail: the check must still restore all of it
+        model = ctx.setup.model
+        model.train()
+        torch.rand(3)
+        random.random()
+        for p in model.parameters():
+            p.grad = torch.ones_like(p)
+            p.requires_grad_(False)
+        for b in model.buffers():
+            b.add_(1)
+        ctx.setup.optimizer.param_groups[0]["lr"] = 123.0
         raise ZeroDivisionError("probe bug")
 
     monkeypatch.setattr(registry, "PROBES", [*registry.PROBES, registry.Probe("broken-probe", "model", broken)])
@@ -183,6 +190,39 @@ def test_failing_probe_becomes_a_hint_and_state_is_restored(monkeypatch):
     assert failed[0].evidence["probe"] == "broken-probe" and failed[0].evidence["exception"] == "ZeroDivisionError"
     assert "memory" in report.info  # the other probes still ran
     assert fingerprint(model, kw["optimizer"]) == before
+
+
+def test_a_forward_that_writes_its_weights_is_reported_not_hidden():
+    """Weights, grads and optimizer state are not copied (a model filling most of a GPU must be
+    checkable): a forward that writes them in eval mode is caught by checksum and named."""
+
+    class SelfNormalising(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(8, 3)
+
+        def forward(self, x):
+            with torch.no_grad():
+                self.lin.weight.mul_(0.5)
+            return self.lin(x)
+
+    model = SelfNormalising()
+    x, y = torch.randn(16, 8), torch.randint(0, 3, (16,))
+    report = traindoc.check(model, (x, y), forward=lambda m, b: m(b[0]),
+                            loss_fn=lambda out, b: nn.functional.cross_entropy(out, b[1]))
+    (changed,) = [f for f in report.get("probe-failed") if f.severity == "warning"]
+    assert changed.evidence["changed"] == ["lin.weight"]
+    healthy = traindoc.check(z.MLP(), z.classification_batch(), forward=z.xy_forward, loss_fn=z.ce_loss)
+    assert "probe-failed" not in healthy
+
+
+def test_the_snapshot_holds_buffers_only():
+    """The memory a check needs beyond its passes: copies of the buffers, never of the weights."""
+    model, batch, kw = setup_dropout_bn_adamw()
+    report = traindoc.check(model, batch, **kw)
+    buffers = sum(b.numel() * b.element_size() for b in model.buffers())
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    assert report.info["snapshot_bytes"] == buffers < weights
 
 
 def test_monkeypatched_real_probe_failure(monkeypatch):

@@ -65,11 +65,11 @@ def check(
     (False, True)
     """
     from traindoc.probes.context import ProbeContext
-    from traindoc.probes.registry import all_probes
+    from traindoc.probes.registry import PROBES
 
     setup = Setup.build(model, batch, forward=forward, loss_fn=loss_fn, optimizer=optimizer,
                         tokenizer=tokenizer, task=task)
-    selected = all_probes()
+    selected = list(PROBES)
     if probes is not None:
         known = {p.name for p in selected}
         unknown = set(probes) - known
@@ -78,7 +78,7 @@ def check(
         selected = [p for p in selected if p.name in probes]
 
     findings: list[Finding] = []
-    with _open_watches_paused(), preserved(setup.model, setup.optimizer):
+    with _open_watches_paused(), preserved(setup.model, setup.optimizer) as state:
         ctx = ProbeContext(setup)
         _ = ctx.main  # bad input (a forward that raises) surfaces here, as TraindocInputError
         for p in selected:
@@ -108,7 +108,18 @@ def check(
             "probes": [p.name for p in selected],
         }
         info.update(ctx.notes)
+        info["snapshot_bytes"] = state.nbytes
         del ctx
+        changed = state.changed()
+        if changed:  # no probe writes these; the user's forward or loss_fn did, and no copy covers them
+            findings.append(Finding(
+                "probe-failed", "warning",
+                f"{len(changed)} weight/gradient/optimizer-state tensor(s) changed during the check, which "
+                f"traindoc does not copy and cannot put back: {', '.join(changed[:5])}"
+                + ("..." if len(changed) > 5 else ""),
+                evidence={"changed": changed[:50], "count": len(changed)},
+                fix="No probe writes these: your forward or loss_fn did, in eval mode. Check a copy instead: "
+                    "`traindoc.check(copy.deepcopy(model), batch, ...)`."))
     return Report(findings, info=info)
 
 

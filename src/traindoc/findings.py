@@ -28,6 +28,17 @@ from typing import Any, Literal
 Severity = Literal["error", "warning", "hint"]
 SEVERITIES: tuple[Severity, ...] = ("error", "warning", "hint")
 SCHEMA_VERSION = 1
+MAX_LISTED = 10
+"""Evidence lists (samples, values, positions) show at most this many items; a count goes beside them."""
+
+
+def listed(values: Iterable[Any]) -> list[Any]:
+    """The first `MAX_LISTED` items, for evidence.
+
+    >>> listed(range(25))
+    [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]
+    """
+    return list(values)[:MAX_LISTED]
 
 
 def jsonable(value: Any) -> Any:

@@ -1,17 +1,23 @@
 """Leave the user's training exactly as we found it.
 
-`preserved(model, optimizer)` snapshots parameters, buffers, ``.grad``s, optimizer state and param
-groups, RNG state (torch CPU/CUDA, `random`, numpy) and every module's train/eval flag, and restores
-them bit for bit on exit, whatever happened inside. `fingerprint` hashes all of it, so tests can
-prove a probe changed nothing.
+`preserved(model, optimizer)` keeps what a check could disturb (train/eval flags, RNG states of
+torch CPU/CUDA, `random` and numpy, buffers, ``.grad`` references, ``requires_grad``, the optimizer's
+param groups) and puts it back on exit, whatever happened inside; weights, gradients and optimizer
+state are not copied but proved unchanged by checksum (`TrainingState.changed`). `fingerprint`
+hashes all of it, so tests can prove a probe changed nothing.
 
     >>> import torch
-    >>> m = torch.nn.Linear(3, 2); opt = torch.optim.AdamW(m.parameters())
+    >>> m = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2)); opt = torch.optim.AdamW(m.parameters())
     >>> before = fingerprint(m, opt)
-    >>> with preserved(m, opt):
-    ...     m(torch.randn(4, 3)).sum().backward(); opt.step(); _ = m.eval()
-    >>> fingerprint(m, opt) == before
-    True
+    >>> with preserved(m, opt) as state:
+    ...     _ = m(torch.randn(4, 3)); _ = m.eval(); _ = torch.rand(1)      # buffers, modes, RNG: put back
+    ...     _ = torch.autograd.grad(m(torch.randn(4, 3)).sum(), list(m.parameters()))  # as probes do: no .grad
+    >>> fingerprint(m, opt) == before, state.changed()
+    (True, [])
+    >>> with preserved(m, opt) as state:
+    ...     with torch.no_grad(): _ = m[0].bias.add_(1)                   # a write no copy covers: named
+    >>> state.changed()
+    ['0.bias']
 """
 
 from __future__ import annotations
@@ -61,30 +67,62 @@ class _RngState:
 
 
 class TrainingState:
-    """A snapshot of everything a probe could disturb."""
+    """What a check could disturb, kept so that it can be put back exactly.
+
+    Probes never write weights, optimizer state or gradients (they ask autograd with
+    ``torch.autograd.grad``, which leaves ``.grad`` alone), so those are not copied: a model that fills
+    most of a GPU can be checked. They are *proved* untouched instead, by a device-side checksum of
+    every tensor (its float64 sum and L2 norm) taken before and compared after (`changed`). What a
+    probe can change is kept: every module's train/eval flag, the RNG states, the buffers (copied:
+    a forward may update them), each parameter's ``.grad`` (the reference) and ``requires_grad``,
+    and the optimizer's param groups (small dicts of hyper-parameters)."""
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None):
         self.model = model
         self.optimizer = optimizer
+        params = unique_params(model, optimizer)
+        self.params = [(p, p.grad, p.requires_grad) for p in params]
         with torch.no_grad():
-            self.params = [(p, p.detach().clone(), None if p.grad is None else p.grad.detach().clone(),
-                            p.requires_grad) for p in unique_params(model, optimizer)]
             self.buffers = [(m, name, None if b is None else b.detach().clone())
                             for m in model.modules() for name, b in m._buffers.items()]
+        self.nbytes = sum(b.numel() * b.element_size() for _, _, b in self.buffers if b is not None)
+        """Bytes this snapshot holds (the buffers' copies): the check's memory beyond its passes."""
         self.modes = [(m, m.training) for m in model.modules()]
         self.rng = _RngState()
+        self._checked = self._tensors()
+        self._checksums = checksums([t for _, t in self._checked])
         if optimizer is not None:
-            self.opt_state = {p: _clone(s) for p, s in optimizer.state.items()}
             self.opt_groups = [{k: _clone(v) for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
             self.opt_group_params = [list(g["params"]) for g in optimizer.param_groups]
+            self.opt_state_keys = [(p, sorted(s)) for p, s in optimizer.state.items()]
+
+    def _tensors(self) -> list[tuple[str, torch.Tensor]]:
+        """(name, tensor) of every weight, gradient and optimizer-state tensor: what must not change."""
+        names = {id(p): n for n, p in self.model.named_parameters()}
+        out = []
+        for i, (p, grad, _) in enumerate(self.params):
+            name = names.get(id(p), f"param[{i}]")
+            out.append((name, p))
+            if grad is not None:
+                out.append((f"{name}.grad", grad))
+        if self.optimizer is not None:
+            for p, st in self.optimizer.state.items():
+                for k, v in st.items():
+                    if isinstance(v, torch.Tensor) and v.numel() > 0:
+                        out.append((f"optimizer.state[{names.get(id(p), '?')}][{k!r}]", v))
+        return out
+
+    def changed(self) -> list[str]:
+        """Names of the weights, gradients and optimizer-state tensors whose checksum changed."""
+        now = checksums([t for _, t in self._checked])
+        if now.shape != self._checksums.shape:
+            return ["(the set of tensors changed)"]
+        same = (now == self._checksums) | (now.isnan() & self._checksums.isnan())
+        return [n for (n, _), ok in zip(self._checked, same.all(1).cpu().tolist(), strict=True) if not ok]
 
     def restore(self) -> None:
         with torch.no_grad():
-            for p, data, grad, requires_grad in self.params:
-                if p.data.shape != data.shape or p.data.dtype != data.dtype:
-                    p.data = data
-                else:
-                    p.data.copy_(data)
+            for p, grad, requires_grad in self.params:
                 p.grad = grad
                 p.requires_grad_(requires_grad)
             for m, name, b in self.buffers:
@@ -98,13 +136,29 @@ class TrainingState:
         self.rng.restore()
         opt = self.optimizer
         if opt is not None:
-            opt.state.clear()
-            opt.state.update({p: _clone(s) for p, s in self.opt_state.items()})
+            for p, keys in self.opt_state_keys:  # no probe steps; drop state a step would have created
+                for k in [k for k in opt.state.get(p, {}) if k not in keys]:
+                    del opt.state[p][k]
+            for p in [p for p in opt.state if p not in {q for q, _ in self.opt_state_keys}]:
+                del opt.state[p]
             del opt.param_groups[len(self.opt_groups):]
             for group, saved, params in zip(opt.param_groups, self.opt_groups, self.opt_group_params, strict=False):
                 group.clear()
                 group.update(_clone(saved))
                 group["params"] = list(params)
+
+
+def checksums(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """(n, 2) float64 on the host: the sum and the L2 norm of each tensor (computed where it lives, in
+    float64 accumulation, without a copy of the tensor); NaN stays NaN."""
+    if not tensors:
+        return torch.zeros(0, 2, dtype=torch.float64)
+    with torch.no_grad():
+        rows = [torch.stack([t.detach().sum(dtype=torch.float64),
+                             torch.linalg.vector_norm(t.detach(), dtype=torch.float64)]) for t in tensors]
+        if all(r.device == rows[0].device for r in rows):
+            return torch.stack(rows).cpu()  # one copy to the host
+        return torch.stack([r.cpu() for r in rows])
 
 
 def unique_params(model: nn.Module, optimizer: torch.optim.Optimizer | None) -> list[torch.Tensor]:
@@ -121,7 +175,8 @@ def unique_params(model: nn.Module, optimizer: torch.optim.Optimizer | None) -> 
 
 @contextmanager
 def preserved(model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> Iterator[TrainingState]:
-    """Run the body, then put weights, buffers, grads, optimizer, RNG and modes back exactly."""
+    """Run the body, then put modes, RNG, buffers, grads and param groups back exactly (see
+    `TrainingState`); ``state.changed()`` after the body names what the body wrote that no copy covers."""
     state = TrainingState(model, optimizer)
     try:
         yield state

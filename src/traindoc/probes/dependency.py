@@ -9,7 +9,8 @@ against. In eval mode, with a random projection ``r`` so that no symmetry hides 
 - ``padding-leak``: d (sum of out at real positions . r) / d input at pad positions of the same
   sample must be exactly 0.
 
-One backward serves batch-mixing and causal-leak, one serves padding-leak, whatever B and T.
+One backward serves batch-mixing and causal-leak (`ProbeContext.sample_dependency`), one serves
+padding-leak, whatever B and T. Which positions are padding is `ProbeContext.real_tokens` (one rule).
 
 A bug can hide another: with ``batch_first`` wrong, attention runs over the batch axis, so no
 position sees another position of its own sample and the causal probe is blind. So the probes also
@@ -25,36 +26,13 @@ from typing import Any
 import torch
 
 from traindoc.findings import Finding
-from traindoc.probes.context import AttentionCall, ProbeContext, Stream, _is_binary
-from traindoc.probes.registry import probe
+from traindoc.probes.context import ProbeContext, projection
+from traindoc.probes.main_pass import AttentionCall
+from traindoc.probes.tokens import is_binary
 
 # A dependency through a fully masked path is exactly 0.0 in floating point (exp(-inf) == 0 and a
 # missing edge contributes nothing), so the threshold only guards against denormal dust.
 _REL_EPS = 1e-6
-_SEED = 20240917
-
-
-def _per_sample_output(ctx: ProbeContext) -> torch.Tensor | None:
-    """The logits as (B, ...) — transposed when the model returns sequence-first (T, B, ...)."""
-    out = ctx.main.logits
-    B = ctx.setup.batch_size
-    if out is None or not out.requires_grad or out.dim() < 2:
-        return None
-    if out.shape[0] == B:
-        return out
-    if out.dim() >= 3 and out.shape[1] == B:
-        return out.transpose(0, 1)
-    return None
-
-
-def _projection(shape: torch.Size, like: torch.Tensor) -> torch.Tensor:
-    g = torch.Generator(device="cpu").manual_seed(_SEED)  # never touches the user's RNG streams
-    return torch.randn(shape, generator=g).to(device=like.device, dtype=like.dtype)
-
-
-def _streams(ctx: ProbeContext) -> list[Stream]:
-    B = ctx.setup.batch_size
-    return [s for s in ctx.main.streams if s.value.dim() >= 2 and s.value.shape[0] == B]
 
 
 def _sample_magnitudes(g: torch.Tensor) -> torch.Tensor:
@@ -62,68 +40,27 @@ def _sample_magnitudes(g: torch.Tensor) -> torch.Tensor:
     return g.detach().abs().float().flatten(1).amax(1)
 
 
-def _middle(candidates: torch.Tensor, batch_size: int) -> int:
-    """The candidate sample nearest the middle of the batch: a layout bug that runs *causal* attention
-    over the batch axis makes sample i depend on samples < i only, so sample 0 would see nothing."""
-    return int(candidates[(candidates.float() - (batch_size - 1) / 2).abs().argmin()])
-
-
-def _anchor(ctx: ProbeContext) -> tuple[int, int | None]:
-    """(sample i, position t0): a sample with the most real decoder tokens, its first real one."""
-    B = ctx.setup.batch_size
-    dec = ctx.decoder_stream
-    if dec is None:
-        return _middle(torch.arange(B), B), None
-    real = ctx.real_positions(dec)
-    if real is None:
-        return _middle(torch.arange(B), B), 0
-    counts = real.sum(1)
-    i = _middle(torch.nonzero(counts == counts.max()).flatten().cpu(), B)
-    idx = torch.nonzero(real[i]).flatten()
-    return i, int(idx[0]) if idx.numel() else 0
-
-
-def _sample_grads(ctx: ProbeContext) -> dict[str, Any] | None:
-    """One backward shared by batch-mixing and causal-leak (cached on the context)."""
-    cache = ctx.__dict__.setdefault("_dependency_cache", {})
-    if "sample" in cache:
-        return cache["sample"]
-    out = _per_sample_output(ctx)
-    streams = _streams(ctx)
-    result = None
-    if out is not None and streams:
-        i, t0 = _anchor(ctx)
-        use_position = ctx.autoregressive and t0 is not None and out.dim() >= 3
-        target = out[i, t0] if use_position else out[i]
-        scalar = (target.float() * _projection(target.shape, target).float()).sum()
-        grads = ctx.grad(scalar, [s.value for s in streams])
-        result = {"i": i, "t0": t0 if use_position else None, "streams": streams, "grads": grads}
-    cache["sample"] = result
-    return result
-
-
 def _mha_batch_axis_calls(ctx: ProbeContext) -> list[AttentionCall]:
     """Attention modules that attend over the user's batch axis (seq-first layer fed (B, T, E))."""
     B = ctx.setup.batch_size
-    lengths = {s.value.shape[1] for s in _streams(ctx) if s.value.dim() >= 3}
+    lengths = {s.value.shape[1] for s in ctx.batch_streams if s.value.dim() >= 3}
     return [a for a in ctx.main.attention
             if not a.batch_first and len(a.query_shape) == 3 and a.query_shape[0] == B
             and a.query_shape[1] != B and a.query_shape[1] in lengths]
 
 
-@probe("batch-mixing", "model")
 def batch_mixing(ctx: ProbeContext) -> list[Finding]:
     """Does sample i's output depend on other samples' inputs? (ids: batch-mixing)"""
     B = ctx.setup.batch_size
     if B < 2:
         return []
-    sg = _sample_grads(ctx)
+    sg = ctx.sample_dependency
     if sg is None:
         return []
-    i = sg["i"]
+    i = sg.i
     leaks = []
     own = 0.0
-    for s, g in zip(sg["streams"], sg["grads"], strict=True):
+    for s, g in zip(sg.streams, sg.grads, strict=True):
         if g is None:
             continue
         mags = _sample_magnitudes(g).cpu()
@@ -144,8 +81,8 @@ def batch_mixing(ctx: ProbeContext) -> list[Finding]:
         "cross_sample": leaks,
         "batch_size": B,
     }
-    if sg["t0"] is not None:
-        evidence["output_position"] = sg["t0"]
+    if sg.t0 is not None:
+        evidence["output_position"] = sg.t0
     if calls:
         evidence["attention_over_batch_axis"] = [
             f"{a.module} (batch_first=False) received query of shape {list(a.query_shape)}: it attends over "
@@ -185,7 +122,6 @@ def _unmasked_decoder_self_attention(ctx: ProbeContext) -> list[AttentionCall]:
     return [a for a in decoder_calls if not a.is_causal and not _is_causal_mask(a.attn_mask, a.query_shape[0])]
 
 
-@probe("causal-leak", "model")
 def causal_leak(ctx: ProbeContext) -> list[Finding]:
     """Does the output at position t see decoder inputs after t? (ids: causal-leak)"""
     if not ctx.autoregressive:
@@ -193,10 +129,10 @@ def causal_leak(ctx: ProbeContext) -> list[Finding]:
     dec = ctx.decoder_stream
     evidence: dict[str, Any] = {"task": ctx.task[0], "task_inferred_from": ctx.task[1]}
     proved_by_gradient = False
-    sg = _sample_grads(ctx)
-    if dec is not None and sg is not None and sg["t0"] is not None:
-        i, t0 = sg["i"], sg["t0"]
-        g = next((g for s, g in zip(sg["streams"], sg["grads"], strict=True) if s is dec), None)
+    sg = ctx.sample_dependency
+    if dec is not None and sg is not None and sg.t0 is not None:
+        i, t0 = sg.i, sg.t0
+        g = next((g for s, g in zip(sg.streams, sg.grads, strict=True) if s is dec), None)
         if g is not None and g.shape[1] > t0 + 1:
             per_pos = g[i].detach().abs().float().flatten(1).amax(1).cpu()  # (T,)
             past = float(per_pos[: t0 + 1].max())
@@ -232,14 +168,14 @@ def causal_leak(ctx: ProbeContext) -> list[Finding]:
 
 def _inverted_padding_masks(ctx: ProbeContext) -> list[dict[str, Any]]:
     """Attention calls whose key-padding mask is True on real tokens, or a float 0/1 mask (added, not applied)."""
-    hf_masks = {n: t for n, t in ctx.setup.tensors.items() if "mask" in n.lower() and t.dim() == 2 and _is_binary(t)}
+    hf_masks = {n: t for n, t in ctx.setup.tensors.items() if "mask" in n.lower() and t.dim() == 2 and is_binary(t)}
     found = []
     for a in ctx.main.attention:
         kpm = a.key_padding_mask
         if kpm is None or kpm.dim() != 2:
             continue
         if kpm.is_floating_point():
-            if _is_binary(kpm) and bool((kpm != 0).any()):
+            if is_binary(kpm) and bool((kpm != 0).any()):
                 found.append({"module": a.module, "problem": "float 0/1 key_padding_mask: PyTorch adds float masks "
                               "to the attention scores, so nothing is masked", "mask_shape": list(kpm.shape)})
                 continue
@@ -258,27 +194,27 @@ def _inverted_padding_masks(ctx: ProbeContext) -> list[dict[str, Any]]:
     return found
 
 
-@probe("padding-leak", "model")
 def padding_leak(ctx: ProbeContext) -> list[Finding]:
     """Do outputs at real tokens depend on what sits in the pad positions? (ids: padding-leak)"""
-    out = _per_sample_output(ctx)
+    out = ctx.per_sample_output
     evidence: dict[str, Any] = {}
     proved_by_gradient = False
-    streams = [s for s in ctx.token_streams if ctx.real_positions(s) is not None]
+    padding = {s.name: ctx.real_tokens(s) for s in ctx.token_streams}
+    streams = [s for s in ctx.token_streams if padding[s.name] is not None]
     if out is not None and streams:
-        pads = {s.name: ~ctx.real_positions(s) for s in streams}
+        pads = {s.name: ~padding[s.name].real.to(s.value.device) for s in streams}
         if any(bool(p.any()) for p in pads.values()):
             dec = ctx.decoder_stream
             if out.dim() >= 3:
                 # outputs at real positions of the stream the outputs are aligned with
                 aligned = dec if dec is not None and dec.ids.shape[1] == out.shape[1] else next(
                     (s for s in streams if s.ids.shape[1] == out.shape[1]), None)
-                out_real = ctx.real_positions(aligned) if aligned is not None else None
-                weight = out_real.to(out.dtype) if out_real is not None else torch.ones(out.shape[:2], dtype=out.dtype,
-                                                                                         device=out.device)
-                r = _projection(out.shape, out) * weight.view(*weight.shape, *([1] * (out.dim() - 2)))
+                out_real = ctx.real_tokens(aligned) if aligned is not None else None
+                weight = (out_real.real.to(out.device, out.dtype) if out_real is not None
+                          else torch.ones(out.shape[:2], dtype=out.dtype, device=out.device))
+                r = projection(out.shape, out) * weight.view(*weight.shape, *([1] * (out.dim() - 2)))
             else:
-                r = _projection(out.shape, out)
+                r = projection(out.shape, out)
             scalar = (out.float() * r.float()).sum()
             grads = ctx.grad(scalar, [s.value for s in streams])
             leaks = []

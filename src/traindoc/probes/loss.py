@@ -27,8 +27,6 @@ import torch
 from torch import nn
 
 from traindoc.findings import Finding
-from traindoc.probes.nan_forward import per_element_loss
-from traindoc.probes.registry import probe
 from traindoc.setup import checkpoint_names
 
 _VIEW_NODES = {
@@ -74,7 +72,6 @@ def _softmax_modules(model: nn.Module, paths: dict[int, str]) -> list[str]:
     return [paths.get(id(m), type(m).__name__) for m in model.modules() if isinstance(m, (nn.Softmax, nn.Softmax2d))]
 
 
-@probe("double-softmax", "model")
 def double_softmax(ctx: Any) -> list[Finding]:
     """``double-softmax``: probabilities reach a loss that expects logits (or log-probabilities)."""
     findings: list[Finding] = []
@@ -121,7 +118,6 @@ def double_softmax(ctx: Any) -> list[Finding]:
     return findings
 
 
-@probe("init-loss-mismatch", "model")
 def init_loss_mismatch(ctx: Any) -> list[Finding]:
     """``init-loss-mismatch``: on an untrained-looking model, loss far above ln C (uniform guessing)."""
     if checkpoint_names(ctx.setup.model):
@@ -139,7 +135,7 @@ def init_loss_mismatch(ctx: Any) -> list[Finding]:
             lse = x.detach().float().logsumexp(cdim)
             if not bool(torch.isfinite(lse).all()) or float(lse.abs().max()) > 1e-2:
                 return []  # not log-probabilities: the uniform baseline does not apply
-        losses, ignored, oor, _ = per_element_loss(call)
+        losses, ignored, oor, _ = call.per_element()
         valid = ~ignored & ~oor & torch.isfinite(losses)
         if not bool(valid.any()):
             return []

@@ -9,8 +9,9 @@ No extra pass. The parts:
   momentum, +1 centered); Adagrad: 1; unknown types: 2);
 - **activations**: on CPU, the bytes autograd saved for backward in the main pass (read from the
   retained graph, parameters and batch excluded; eval mode, so dropout masks are not included),
-  falling back to the sum of module outputs; on CUDA, measured with ``torch.cuda.memory_allocated``
-  while the main pass's graph is alive.
+  falling back to the sum of module outputs; on CUDA, what the main pass added to
+  ``torch.cuda.memory_allocated`` (measured with its graph alive, against the value just before it,
+  so neither the user's other tensors nor traindoc's own snapshot count).
 
 The budget is the CUDA device's free + already-reserved memory, or on CPU the available RAM
 (``/proc/meminfo`` MemAvailable, the cgroup limit when lower) plus what this setup already holds.
@@ -28,7 +29,6 @@ from typing import Any
 import torch
 
 from traindoc.findings import Finding
-from traindoc.probes.registry import probe
 from traindoc.state import unique_params
 
 THRESHOLD = 0.9
@@ -189,10 +189,10 @@ def memory_estimate(ctx: Any) -> dict[str, Any]:
     root = ctx.main.loss if isinstance(ctx.main.loss, torch.Tensor) and ctx.main.loss.grad_fn is not None \
         else ctx.main.logits
     activations, act_source = 0, "none"
-    if setup.device.type == "cuda" and torch.cuda.is_available():
+    if setup.device.type == "cuda" and torch.cuda.is_available() and ctx.memory_before_main is not None:
         allocated = torch.cuda.memory_allocated(setup.device)
-        activations = max(0, allocated - weights - grads_held - state_measured)
-        act_source = "torch.cuda.memory_allocated with the main pass's graph alive"
+        activations = max(0, allocated - ctx.memory_before_main)
+        act_source = "torch.cuda.memory_allocated with the main pass's graph alive, minus what it was before"
     elif isinstance(root, torch.Tensor) and root.grad_fn is not None:
         activations = saved_tensor_bytes(root, exclude)
         act_source = "bytes saved for backward in the main pass (eval mode)"
@@ -225,7 +225,6 @@ def memory_estimate(ctx: Any) -> dict[str, Any]:
     return est
 
 
-@probe("oom-risk", "resources")
 def oom_risk(ctx: Any) -> list[Finding]:
     """``oom-risk``: the step's memory estimate above 90% of the device's budget (warning)."""
     est = memory_estimate(ctx)

@@ -27,11 +27,9 @@ from collections import Counter
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from traindoc.findings import Finding, internal_failure
-from traindoc.probes.context import LossObserver
-from traindoc.probes.registry import probe
+from traindoc.probes.main_pass import LossObserver
 from traindoc.setup import named_tensors
 
 FIX_MODULE = (
@@ -68,39 +66,6 @@ def bad_samples(t: torch.Tensor, batch_size: int) -> list[int] | None:
     return per_sample.nonzero().flatten().cpu().tolist()
 
 
-# ------------------------------------------------------------------ per-sample losses of a loss call
-def per_element_loss(call: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int | None]:
-    """Recompute a loss call element by element, without ever raising on bad targets.
-
-    Returns ``(losses, ignored, out_of_range, num_classes)``: per-target losses (out-of-range
-    targets give NaN, ignored ones 0), and the boolean masks, all shaped like the targets (for soft
-    targets and regression losses, like the loss's ``reduction='none'`` output).
-    """
-    x = call.input.detach()
-    tgt = call.target
-    if call.fn in ("cross_entropy", "nll_loss"):
-        cdim = 1 if x.dim() >= 2 else 0
-        C = x.shape[cdim]
-        logp = x.float().log_softmax(cdim) if call.fn == "cross_entropy" else x.float()
-        if tgt.is_floating_point() and tgt.shape == x.shape:  # probability targets
-            losses = -(tgt.float() * logp).sum(cdim)
-            none = torch.zeros_like(losses, dtype=torch.bool)
-            return losses, none, none, C
-        t = tgt.long()
-        ignored = t == call.ignore_index if call.ignore_index is not None else torch.zeros_like(t, dtype=torch.bool)
-        oor = ~ignored & ((t < 0) | (t >= C))
-        safe = torch.where(ignored | oor, torch.zeros_like(t), t)
-        picked = logp.gather(1, safe.unsqueeze(1)).squeeze(1) if x.dim() >= 2 else logp[safe]
-        losses = -picked
-        losses = torch.where(ignored, torch.zeros_like(losses), losses)
-        losses = torch.where(oor, torch.full_like(losses, float("nan")), losses)
-        return losses, ignored, oor, C
-    fn = getattr(F, call.fn)
-    losses = fn(x.float(), call.target.float(), reduction="none")
-    none = torch.zeros_like(losses, dtype=torch.bool)
-    return losses, none, none, None
-
-
 def losses_per_sample(values: torch.Tensor, ctx: Any) -> torch.Tensor | None:
     """Reshape per-target values to (B, -1) when the targets can be mapped to samples: the targets
     have B rows, or are a flattened batch tensor whose first axis is the batch."""
@@ -131,7 +96,7 @@ def _loss_only_finding(ctx: Any, loss: torch.Tensor) -> Finding:
     x = call.input.detach()
     evidence["loss_input_finite"] = bool(torch.isfinite(x).all())
     try:
-        losses, ignored, oor, C = per_element_loss(call)
+        losses, ignored, oor, C = call.per_element()
     except Exception as e:  # unusual shapes: report what we know
         evidence["per_sample"] = f"could not recompute ({type(e).__name__})"
         return Finding("nan-forward", "error", f"The loss ({call.fn}) is non-finite", evidence, FIX_MODULE)
@@ -260,7 +225,6 @@ class _Seen(Exception):
     """Raised by the replay hook to stop the forward once the culprit's output has been seen."""
 
 
-@probe("nan-forward", "model")
 def nan_forward(ctx: Any) -> list[Finding]:
     """``nan-forward``: the first module whose output is non-finite (path, class, samples), or, when
     only the loss is non-finite, the per-sample losses and what the bad samples share."""

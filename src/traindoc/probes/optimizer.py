@@ -24,7 +24,6 @@ import torch
 from torch import nn
 
 from traindoc.findings import Finding
-from traindoc.probes.registry import probe
 from traindoc.setup import checkpoint_names, pretrained_param_ids
 
 HIGH_LR = 5e-4
@@ -51,7 +50,6 @@ def _names(model: nn.Module) -> dict[int, str]:
     return names
 
 
-@probe("lr-too-high", "optimizer")
 def lr_too_high(ctx: Any) -> list[Finding]:
     """``lr-too-high``: Adam-family lr >= 5e-4 on most pretrained weights."""
     opt = ctx.setup.optimizer
@@ -90,7 +88,6 @@ def lr_too_high(ctx: Any) -> list[Finding]:
         "a freshly added head may keep a higher LR in its own param group.")]
 
 
-@probe("weight-decay-on-norms", "optimizer")
 def weight_decay_on_norms(ctx: Any) -> list[Finding]:
     """``weight-decay-on-norms``: a group with weight_decay > 0 holds 1-d params (biases, norms)."""
     opt = ctx.setup.optimizer

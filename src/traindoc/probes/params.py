@@ -28,7 +28,6 @@ import torch
 from torch import nn
 
 from traindoc.findings import Finding
-from traindoc.probes.registry import probe
 
 
 def group_by_module(model: nn.Module, flagged: set[int], limit: int = 20) -> list[dict[str, Any]]:
@@ -112,7 +111,6 @@ def _titles(groups: list[dict[str, Any]], k: int = 3) -> str:
     return shown + (f" and {len(groups) - k} more" if len(groups) > k else "")
 
 
-@probe("no-grad-params", "model")
 def no_grad_params(ctx: Any) -> list[Finding]:
     """``no-grad-params``: trainable parameters with a None or all-zero gradient of the user's loss."""
     model = ctx.setup.model
@@ -199,7 +197,6 @@ def no_grad_params(ctx: Any) -> list[Finding]:
     return findings
 
 
-@probe("params-not-in-optimizer", "model")
 def params_not_in_optimizer(ctx: Any) -> list[Finding]:
     """``params-not-in-optimizer``: trainable params absent from every param group (error); frozen
     params inside the optimizer (hint). Skipped without an optimizer."""

@@ -1,20 +1,58 @@
-"""Where the loss targets come from: each target that reaches the loss, mapped back to the batch.
+"""The loss targets: which of them count, and where each one comes from in the batch.
 
-The loss may receive the batch's labels at the same positions, shifted by one (a Hugging Face causal
-LM shifts its ``labels`` inside the model), or a masked selection (``targets[mask]``, as seed 000's
-loop does). `match_target` finds the batch tensor and the position of every target, so that
-evidence can name samples and probes can relate targets to the inputs.
+`class_targets` flattens the class targets of one observed loss call and says which count (not
+``ignore_index``, not a class of weight 0, and for ``reduction="none"`` only those whose loss reaches
+the final loss). The loss may receive the batch's labels at the same positions, shifted by one (a
+Hugging Face causal LM shifts its ``labels`` inside the model), or a masked selection
+(``targets[mask]``, as a hand-written seq2seq loop often does). `match_target` finds the batch
+tensor and the position of every target, so that evidence can name samples and probes can relate
+targets to the inputs.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 
-if TYPE_CHECKING:
-    from traindoc.probes.context import ProbeContext
+from traindoc.probes.main_pass import LossCall
+
+CLASS_LOSSES = ("cross_entropy", "nll_loss")
+
+
+@dataclass
+class LossTargets:
+    """The class targets of one loss call, flattened, on the host."""
+
+    call: LossCall
+    target: torch.Tensor  # (N,) int64
+    counted: torch.Tensor  # (N,) bool: not ignore_index, not weighted 0, reaching the final loss
+    num_classes: int
+
+
+def class_targets(call: LossCall, reaches: torch.Tensor | None = None) -> LossTargets | None:
+    """The flattened class targets of a cross_entropy / nll_loss call (None for soft targets).
+
+    ``reaches``: for ``reduction="none"``, which per-element losses the final loss depends on (the user
+    may weight them afterwards, ``(loss * mask).sum() / mask.sum()``); elements with a zero gradient
+    do not count."""
+    if call.fn not in CLASS_LOSSES or call.target.is_floating_point() or call.input.dim() < 1:
+        return None
+    num_classes = call.input.shape[1] if call.input.dim() >= 2 else call.input.shape[0]
+    target = call.target.reshape(-1).cpu().long()
+    counted = torch.ones_like(target, dtype=torch.bool)
+    if call.ignore_index is not None:
+        counted &= target != call.ignore_index
+    if isinstance(call.weight, torch.Tensor) and call.weight.dim() == 1 and call.weight.numel() == num_classes:
+        in_range = counted & (target >= 0) & (target < num_classes)
+        w = call.weight.detach().cpu()
+        zero_weight = torch.zeros_like(counted)
+        zero_weight[in_range] = w[target[in_range]] == 0
+        counted &= ~zero_weight
+    if reaches is not None and reaches.numel() == target.numel():
+        counted &= reaches
+    return LossTargets(call, target, counted, num_classes)
 
 
 @dataclass
@@ -92,23 +130,22 @@ def align(target: torch.Tensor, counted: torch.Tensor, tensor: torch.Tensor) -> 
     return None
 
 
-def match_target(ctx: ProbeContext, target: torch.Tensor, counted: torch.Tensor) -> TargetSource | None:
+def match_target(tensors: Mapping[str, torch.Tensor], batch_size: int, embedded: Collection[str],
+                 target: torch.Tensor, counted: torch.Tensor) -> TargetSource | None:
     """The batch tensor the (flat, host) loss targets come from: the first exact or shifted match, in
-    the order label-like names first and what the model does not embed first; else a masked
-    subsequence (several tensors may hold one: the decoder inputs carry the same tokens)."""
-    B = ctx.setup.batch_size
-    embedded = {s.name for s in ctx.main.streams}
+    the order label-like names first and what the model does not embed (``embedded``) first; else a
+    masked subsequence (several tensors may hold one: the decoder inputs carry the same tokens)."""
 
     def order(name: str) -> tuple[bool, bool]:
         low = name.lower()
         return (not any(k in low for k in ("label", "target", "tgt", "y")), name in embedded)
 
-    names = sorted((n for n, t in ctx.setup.tensors.items()
-                    if not t.is_floating_point() and t.dim() in (1, 2) and t.shape[0] == B
+    names = sorted((n for n, t in tensors.items()
+                    if not t.is_floating_point() and t.dim() in (1, 2) and t.shape[0] == batch_size
                     and not (t.dim() == 2 and "mask" in n.lower())), key=order)
     subset = None
     for name in names:
-        tensor = ctx.setup.tensors[name]
+        tensor = tensors[name]
         hit = align(target, counted, tensor)
         if hit is None:
             continue
