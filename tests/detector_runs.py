@@ -1,63 +1,83 @@
-"""Real tiny training runs that produce `StepRecord`s, with one bug switched on or off.
+"""Real tiny training runs under the real `traindoc.watch`, with one bug switched on or off.
 
-The detectors are judged on what a real optimizer does, not on hand-made curves: each run trains a
-small MLP on a synthetic classification stream (fresh samples every step, so loss curves are real
-mini-batch noise) and computes the monitor's statistics itself with plain torch (vector norms,
-before/after weight snapshots), exactly as `StepRecord` documents them.
+The detectors are judged on what the monitor measures, not on statistics a test recomputes: each
+run trains a small model on a synthetic stream (fresh samples every step, so loss curves carry real
+mini-batch noise) with an ordinary training loop -- ``zero_grad``, ``backward``,
+``torch.nn.utils.clip_grad_norm_``, ``step``, the scheduler, ``w.log(loss=...)`` -- inside
+``traindoc.watch(model, opt, run_dir=..., tensorboard=False, every=..., flush_every=...)`` with the
+default detectors, and returns the `Report` the watch built (plus the run directory, read back with
+`traindoc.rundir.read_run` when a test wants the scalars the detectors were fed).
 
-A `RunConfig` with all defaults is a healthy run; each bug is one field away from it.
+A `RunConfig` with all defaults is a healthy run; each bug is one field away from its healthy twin
+(the default run or one of the healthy variants at the end of this module). Runs are cached by
+config, so a twin shared by several tests trains once.
 """
 
 from __future__ import annotations
 
 import math
+import tempfile
 from dataclasses import dataclass, replace
-from functools import cache
+from functools import cache, cached_property
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import clip_grad_norm_ as clip_grad_norm_imported_early  # torch's own, unpatched
 
-from traindoc.findings import Finding
-from traindoc.monitor.detectors import Detector, default_detectors
-from traindoc.monitor.record import StepRecord
+import traindoc
+from traindoc.findings import Finding, Report
+from traindoc.rundir import RunData, read_run
 
 torch.set_num_threads(1)
+
+_ROOT = tempfile.TemporaryDirectory(prefix="traindoc-detector-runs-")  # removed at interpreter exit
 
 
 @dataclass(frozen=True)
 class RunConfig:
-    steps: int = 300
-    task: str = "teacher"  # teacher: learnable; blind: the inputs never reach the model;
+    steps: int = 200
+    task: str = "teacher"  # teacher: learnable; blind: the inputs never reach the model (zeros);
+    # blind-skewed: the same with one class half of the labels (the prior is learnable, nothing else);
     # regression: MSE on the teacher's first output (a scalar target)
     num_classes: int = 10
-    class_prior: str = "uniform"  # or "skewed" (imbalanced classes)
     in_dim: int = 16
     hidden: int = 64
     depth: int = 2  # hidden layers
     activation: str = "relu"  # relu | sigmoid | tanh
-    batchnorm: bool = False  # Linear -> BatchNorm1d -> act (no residual)
     init_gain: float | None = None  # Linear weights ~ N(0, gain^2 / fan_in), zero biases
     arch: str = "mlp"  # mlp | transformer (a tiny causal LM on a noisy "next = previous + 1" stream)
     seq_len: int = 16
     optimizer: str = "adam"  # adam | sgd
     lr: float = 3e-3
     momentum: float = 0.0
-    schedule: str | None = None  # None | "warmup-cosine" | "warmup-linear" | "steplr-per-batch"
+    schedule: str | None = None  # None | "warmup-cosine" | "warmup-linear" | "steplr-per-batch" (the bug)
     warmup: int = 30
     batch_size: int = 32
-    zero_grad: bool = True
-    clip: float | None = None
+    zero_grad: bool = True  # False: the bug, gradients summed over all steps
+    clip: float | None = None  # max_norm of torch.nn.utils.clip_grad_norm_
+    clip_imported_early: bool = False  # clip with a `from torch.nn.utils import clip_grad_norm_` reference
+    # taken at import time, before the watch patched torch's function
     accumulation: tuple[int, ...] = (1,)  # micro-batches per optimizer step, cycled
-    accum_normalization: str = "mean"  # mean: loss / k (correct) | sum: no division (bug)
-    head_outside_optimizer: bool = False  # bug: the head's params are in no param group
-    manual_log_softmax: bool = False  # log(softmax(x)): -inf once a probability underflows
-    logit_scale: float = 1.0
-    layer_every: int = 5  # per-layer stats every K steps (the monitor's K)
-    report_stale: bool = True  # False: the monitor cannot tell grad_was_stale (None)
+    accum_normalization: str = "mean"  # mean: loss / k (correct) | sum: no division (the bug)
+    validate_every: int | None = None  # a validation pass (model.eval(), a forward, model.train()) every N steps
+    train_after_validation: bool = True  # False: the bug, model.train() is never called again
+    nan_at: int | None = None  # bug: this step's batch holds a NaN
     bad_shard: tuple[int, int] | None = None  # bug: steps [a, b) read an un-normalised data shard
     bad_scale: float = 30.0
+    head_lr: float | None = None  # the head in its own param group with this LR
+    head_outside_optimizer: bool = False  # bug: the head's parameters are in no param group
+    unused_layer: bool = False  # bug: a Linear built, in the optimizer, never called by forward
+    unused_scalar: bool = False  # a 0-d parameter (a leftover temperature) that forward never uses
+    freeze_first_layer_at: int | None = None  # intended: the first Linear gets requires_grad=False at
+    # this step (0: before the optimizer and the watch are built)
+    head_registered_first: bool = False  # the head is built (so named and ordered) before the body
     teacher_scale: float = 6.0  # larger: cleaner labels, a lower loss floor, longer learning
+    log_loss: bool = True  # False: w.log() is never called (the detectors get no loss at all)
+    every: int = 10  # the watch's per-layer statistics every K steps (its default)
+    flush_every: int = 50
     seed: int = 0
 
 
@@ -68,6 +88,37 @@ def _teacher(cfg: RunConfig) -> nn.Module:
         for p in t.parameters():
             p.copy_(torch.randn(p.shape, generator=g) * 1.5 / math.sqrt(p.shape[-1]))
     return t
+
+
+class MLP(nn.Module):
+    """``body`` (Linear -> activation, ``depth`` times) then ``head``; optional unused parts."""
+
+    def __init__(self, cfg: RunConfig):
+        super().__init__()
+        act = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}[cfg.activation]
+        out = 1 if cfg.task == "regression" else cfg.num_classes
+        width = cfg.hidden if cfg.depth else cfg.in_dim
+        if cfg.head_registered_first:
+            self.head = nn.Linear(width, out)
+        layers: list[nn.Module] = []
+        for i in range(cfg.depth):
+            layers += [nn.Linear(cfg.in_dim if i == 0 else cfg.hidden, cfg.hidden), act()]
+        self.body = nn.Sequential(*layers)
+        if cfg.unused_layer:  # e.g. an auxiliary head left over from an earlier version of the model
+            self.aux = nn.Linear(width, out)
+        if cfg.unused_scalar:
+            self.temperature = nn.Parameter(torch.ones(()))
+        if not cfg.head_registered_first:
+            self.head = nn.Linear(width, out)
+        if cfg.init_gain is not None:
+            with torch.no_grad():
+                for m in self.modules():
+                    if isinstance(m, nn.Linear):
+                        m.weight.normal_(0.0, cfg.init_gain / math.sqrt(m.in_features))
+                        m.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
 
 
 class TinyLM(nn.Module):
@@ -89,29 +140,6 @@ class TinyLM(nn.Module):
         return self.head(self.norm(h))
 
 
-def _model(cfg: RunConfig) -> nn.Module:
-    if cfg.arch == "transformer":
-        return TinyLM(cfg.num_classes, cfg.seq_len)
-    act = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}[cfg.activation]
-    layers: list[nn.Module] = []
-    width = cfg.in_dim
-    for _ in range(cfg.depth):
-        layers.append(nn.Linear(width, cfg.hidden))
-        if cfg.batchnorm:
-            layers.append(nn.BatchNorm1d(cfg.hidden))
-        layers.append(act())
-        width = cfg.hidden
-    layers.append(nn.Linear(width, 1 if cfg.task == "regression" else cfg.num_classes))
-    model = nn.Sequential(*layers)
-    if cfg.init_gain is not None:
-        with torch.no_grad():
-            for m in model:
-                if isinstance(m, nn.Linear):
-                    m.weight.normal_(0.0, cfg.init_gain / math.sqrt(m.in_features))
-                    m.bias.zero_()
-    return model
-
-
 def _batch(cfg: RunConfig, teacher: nn.Module, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     if cfg.arch == "transformer":  # next = previous + 1 (mod V), 20% of tokens random
         start = torch.randint(0, cfg.num_classes, (cfg.batch_size, 1), generator=g)
@@ -120,8 +148,8 @@ def _batch(cfg: RunConfig, teacher: nn.Module, g: torch.Generator) -> tuple[torc
         seq = torch.where(noise, torch.randint(0, cfg.num_classes, seq.shape, generator=g), seq)
         return seq[:, :-1], seq[:, 1:]
     x = torch.randn(cfg.batch_size, cfg.in_dim, generator=g)
-    if cfg.task == "blind":
-        if cfg.class_prior == "skewed":
+    if cfg.task in ("blind", "blind-skewed"):
+        if cfg.task == "blind-skewed":
             probs = torch.tensor([0.5] + [0.5 / (cfg.num_classes - 1)] * (cfg.num_classes - 1))
             y = torch.multinomial(probs, cfg.batch_size, replacement=True, generator=g)
         else:
@@ -135,32 +163,13 @@ def _batch(cfg: RunConfig, teacher: nn.Module, g: torch.Generator) -> tuple[torc
     return x, (logits + gumbel).argmax(-1)
 
 
-def _loss(cfg: RunConfig, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def _loss(cfg: RunConfig, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     if cfg.task == "regression":
-        return F.mse_loss(logits, y)
-    logits = logits.reshape(-1, logits.shape[-1]) * cfg.logit_scale
-    y = y.reshape(-1)
-    if cfg.manual_log_softmax:
-        return -torch.log(torch.softmax(logits, -1)).gather(1, y[:, None]).mean()
-    return F.cross_entropy(logits, y)
+        return F.mse_loss(out, y)
+    return F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1))
 
 
-def _own(m: nn.Module) -> list[nn.Parameter]:
-    return [p for p in m.parameters(recurse=False) if p.requires_grad]
-
-
-def _layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """Modules that own trainable parameters, in model order (what the monitor reports)."""
-    return [(n or "<root>", m) for n, m in model.named_modules() if _own(m)]
-
-
-def _norm(tensors: list[torch.Tensor]) -> float:
-    if not tensors:
-        return 0.0
-    return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t.detach().float()) for t in tensors])))
-
-
-def _schedule(cfg: RunConfig, opt: torch.optim.Optimizer):
+def _schedule(cfg: RunConfig, opt: torch.optim.Optimizer) -> Any:
     if cfg.schedule == "steplr-per-batch":  # the bug: an epoch schedule stepped every batch
         return torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
     if cfg.schedule in ("warmup-cosine", "warmup-linear"):  # as transformers' get_*_schedule_with_warmup
@@ -172,118 +181,130 @@ def _schedule(cfg: RunConfig, opt: torch.optim.Optimizer):
                 return 1.0 - progress
             return 0.5 * (1 + math.cos(math.pi * progress))
         return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    if cfg.schedule is not None:
+        raise ValueError(f"unknown schedule {cfg.schedule!r}")
     return None
 
 
+def _optimizer(cfg: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
+    head = {id(p) for p in model.head.parameters()}  # type: ignore[union-attr]
+    body = [p for p in model.parameters() if id(p) not in head]
+    if cfg.head_outside_optimizer:  # seed 002: the head is in no param group
+        groups: list[dict[str, Any]] = [{"params": body}]
+    elif cfg.head_lr is not None:
+        groups = [{"params": body}, {"params": list(model.head.parameters()), "lr": cfg.head_lr}]  # type: ignore[union-attr]
+    else:
+        groups = [{"params": list(model.parameters())}]
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=cfg.lr)
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+
+
+@dataclass
+class Run:
+    config: RunConfig
+    report: Report
+    run_dir: Path
+
+    @cached_property
+    def data(self) -> RunData:
+        """The run directory as the watch wrote it (scalars.jsonl, layers.jsonl, findings.jsonl)."""
+        return read_run(self.run_dir)
+
+    @property
+    def ids(self) -> list[str]:
+        return self.report.ids
+
+    def only(self, finding_id: str) -> Finding:
+        """The one finding with this id (fails when there is none or more than one)."""
+        hits = self.report.get(finding_id)
+        assert len(hits) == 1, f"{finding_id}: expected one finding, got {[f.title for f in self.report]}"
+        return hits[0]
+
+
 @cache
-def run(cfg: RunConfig = RunConfig()) -> tuple[StepRecord, ...]:
-    """Train for `cfg.steps` optimizer steps and return one `StepRecord` per step."""
+def run(cfg: RunConfig = RunConfig()) -> Run:
+    """Train for `cfg.steps` optimizer steps under `traindoc.watch` and return what it reported."""
     torch.manual_seed(cfg.seed)
     g = torch.Generator().manual_seed(cfg.seed + 1)
     teacher = _teacher(cfg)
-    model = _model(cfg)
-    model.train()
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    head = "head" if cfg.arch == "transformer" else str(len(model) - 1)  # type: ignore[arg-type]
-    head_names = {f"{head}.weight", f"{head}.bias"}
-    opt_params = [p for n, p in named if not (cfg.head_outside_optimizer and n in head_names)]
-    if cfg.optimizer == "adam":
-        opt: torch.optim.Optimizer = torch.optim.Adam(opt_params, lr=cfg.lr)
-    else:
-        opt = torch.optim.SGD(opt_params, lr=cfg.lr, momentum=cfg.momentum)
+    model: nn.Module = TinyLM(cfg.num_classes, cfg.seq_len) if cfg.arch == "transformer" else MLP(cfg)
+    if cfg.freeze_first_layer_at == 0:
+        model.body[0].requires_grad_(False)  # type: ignore[index]
+    opt = _optimizer(cfg, model)
     sched = _schedule(cfg, opt)
-    layers = _layers(model)
-    depth = {n: i for i, (n, _) in enumerate(layers)}
-    records: list[StepRecord] = []
-    for step in range(cfg.steps):
-        k = cfg.accumulation[step % len(cfg.accumulation)]
-        # stale: a parameter the optimizer updates already holds a non-zero gradient
-        stale = any(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in opt_params)
-        losses = []
-        for _ in range(k):
-            x, y = _batch(cfg, teacher, g)
-            if cfg.bad_shard and cfg.bad_shard[0] <= step < cfg.bad_shard[1]:
-                x = x * cfg.bad_scale
-            loss = _loss(cfg, model(x), y)
-            losses.append(loss.item())
-            (loss / k if cfg.accum_normalization == "mean" else loss).backward()
-        grads = [(n, p.grad) for n, p in named if p.grad is not None]
-        grad_norm = _norm([gr for _, gr in grads])
-        bad = [(n, int((~torch.isfinite(gr)).sum())) for n, gr in grads]
-        bad = [(n, c) for n, c in bad if c]
-        rec = StepRecord(
-            step=step, loss=sum(losses) / len(losses), lr=[grp["lr"] for grp in opt.param_groups],
-            grad_norm=grad_norm, backward_calls=k,
-            num_classes=None if cfg.task == "regression" else cfg.num_classes,
-            grad_was_stale=stale if cfg.report_stale else None,
-            nonfinite_grads=sum(c for _, c in bad), first_nonfinite_param=bad[0][0] if bad else None)
-        if cfg.clip is not None:
-            rec.clip_threshold, rec.clipped = cfg.clip, grad_norm > cfg.clip
-        sample = step % cfg.layer_every == 0
-        before = {}
-        if sample:
-            rec.layer_grad_norm = {n: _norm([p.grad for p in _own(m) if p.grad is not None])
-                                   for n, m in layers}
-            rec.layer_weight_norm = {n: _norm(_own(m)) for n, m in layers}
-            rec.layer_depth = dict(depth)
-            before = {n: [p.detach().clone() for p in _own(m)] for n, m in layers}
-        if cfg.clip is not None:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
-        opt.step()
-        if sample:
-            rec.layer_update_ratio = {
-                n: _norm([p.detach() - b for p, b in zip(_own(m), before[n], strict=True)])
-                / max(_norm(before[n]), 1e-30) for n, m in layers}
-        if sched is not None:
-            sched.step()
-        if cfg.zero_grad:
-            opt.zero_grad(set_to_none=True)
-        records.append(rec)
-    return tuple(records)
+    run_dir = Path(tempfile.mkdtemp(dir=_ROOT.name)) / "run"
+    model.train()
+    with traindoc.watch(model, opt, run_dir=run_dir, tensorboard=False, every=cfg.every,
+                        flush_every=cfg.flush_every) as w:
+        for step in range(cfg.steps):
+            if cfg.freeze_first_layer_at and step == cfg.freeze_first_layer_at:
+                model.body[0].requires_grad_(False)  # type: ignore[index]
+            if cfg.validate_every and step and step % cfg.validate_every == 0:
+                model.eval()
+                with torch.no_grad():
+                    x, y = _batch(cfg, teacher, g)
+                    _loss(cfg, model(x), y)
+                if cfg.train_after_validation:
+                    model.train()
+            k = cfg.accumulation[step % len(cfg.accumulation)]
+            for _ in range(k):
+                x, y = _batch(cfg, teacher, g)
+                if cfg.bad_shard and cfg.bad_shard[0] <= step < cfg.bad_shard[1]:
+                    x = x * cfg.bad_scale
+                if cfg.nan_at == step:
+                    x = x.clone()
+                    x[0, 0] = float("nan")
+                loss = _loss(cfg, model(x), y)
+                (loss / k if cfg.accum_normalization == "mean" else loss).backward()
+                if cfg.log_loss:
+                    w.log(loss=loss.detach())  # several micro-batches: the watch averages them
+            if cfg.clip is not None:
+                clip = clip_grad_norm_imported_early if cfg.clip_imported_early else torch.nn.utils.clip_grad_norm_
+                clip(model.parameters(), cfg.clip)
+            opt.step()
+            if sched is not None:
+                sched.step()
+            if cfg.zero_grad:
+                opt.zero_grad(set_to_none=True)
+    assert w.report is not None
+    return Run(cfg, w.report, run_dir)
 
 
-def judge(records: tuple[StepRecord, ...] | list[StepRecord],
-          detectors: list[Detector] | None = None) -> list[Finding]:
-    """Feed the records to the detectors (all defaults when None) as the monitor does; all findings."""
-    detectors = default_detectors() if detectors is None else detectors
-    found: list[Finding] = []
-    for rec in records:
-        for d in detectors:
-            found += d.update(rec)
-    for d in detectors:
-        found += d.finalize()
-    return found
-
-
-def ids(findings: list[Finding]) -> list[str]:
-    return [f.id for f in findings]
+def bug(base: RunConfig | None = None, **changes: Any) -> RunConfig:
+    """The default (healthy) config, or `base`, with the given fields changed."""
+    return replace(base or RunConfig(), **changes)
 
 
 # ----------------------------------------------------------------- the runs the tests share
 HEALTHY = RunConfig()
 """Adam 3e-3, batch 32, a learnable teacher task: the loss keeps falling."""
-HEALTHY_NOISY = RunConfig(optimizer="sgd", lr=0.01, momentum=0.9, batch_size=4, steps=400)
+HEALTHY_NOISY = bug(optimizer="sgd", lr=0.01, momentum=0.9, batch_size=4, steps=400)
 """SGD + momentum on mini-batches of 4: a very noisy loss that still learns."""
-HEALTHY_COSINE = RunConfig(schedule="warmup-cosine", warmup=30, lr=1e-2, steps=400, clip=None)
+HEALTHY_COSINE = bug(schedule="warmup-cosine", lr=1e-2, steps=400)
 """Linear warmup over 30 steps then cosine decay to 0 over a 400-step run."""
-HEALTHY_CLIPPED = RunConfig(clip=1.5)
+HEALTHY_LONG = bug(schedule="warmup-cosine", steps=500)
+"""500 steps (long enough for the plateau detector's 300 + 50 steps) with warmup + cosine decay."""
+HEALTHY_CLIPPED = bug(clip=1.5)
 """Clipping at a threshold near the p90 of this run's gradient norms."""
-HEALTHY_ACCUM = RunConfig(accumulation=(4, 4, 4, 1), accum_normalization="mean", steps=240)
+HEALTHY_ACCUM = bug(accumulation=(4, 4, 4, 1), steps=120)
 """Gradient accumulation with a short last group, each loss divided by its group's count."""
-HEALTHY_DEEP = RunConfig(depth=6, hidden=32)
-"""A deeper ReLU MLP with PyTorch's default init."""
-
-HEALTHY_LINEAR = RunConfig(schedule="warmup-linear", warmup=20, lr=5e-3, steps=300, layer_every=1)
-"""Warmup from LR 0 then linear decay to 0 (transformers' default), per-layer stats on every step."""
+HEALTHY_DEEP = bug(depth=10, hidden=32, steps=150)
+"""A 10-hidden-layer ReLU MLP with PyTorch's default init."""
+HEALTHY_EVERY_STEP = bug(schedule="warmup-linear", warmup=20, lr=5e-3, steps=150, every=1, flush_every=1)
+"""Warmup from LR 0 then linear decay to 0 (transformers' default); per-layer statistics and a flush
+on every step."""
+HEALTHY_VALIDATED = bug(validate_every=20)
+"""A validation pass every 20 steps: model.eval(), a forward under no_grad, model.train()."""
+HEALTHY_FROZEN = bug(freeze_first_layer_at=0)
+"""The first layer frozen (requires_grad=False) before training: the watch leaves it out."""
+HEALTHY_NO_LOSS = bug(log_loss=False)
+"""w.log() never called: the loss detectors have nothing to judge, the others still work."""
 HEALTHY_LM = RunConfig(arch="transformer", num_classes=32, batch_size=16, lr=3e-3, steps=120,
                        schedule="warmup-cosine", warmup=20, clip=1.0)
 """A tiny pre-norm causal transformer LM (embeddings, attention, LayerNorm) with warmup + cosine."""
 
-HEALTHY_RUNS = {"healthy": HEALTHY, "noisy": HEALTHY_NOISY, "cosine": HEALTHY_COSINE,
+HEALTHY_RUNS = {"healthy": HEALTHY, "noisy": HEALTHY_NOISY, "cosine": HEALTHY_COSINE, "long": HEALTHY_LONG,
                 "clipped": HEALTHY_CLIPPED, "accum": HEALTHY_ACCUM, "deep": HEALTHY_DEEP,
-                "linear-every-step": HEALTHY_LINEAR, "transformer": HEALTHY_LM}
-
-
-def bug(base: RunConfig = HEALTHY, **changes) -> RunConfig:
-    """The healthy config with one bug switched on."""
-    return replace(base, **changes)
+                "every-step": HEALTHY_EVERY_STEP, "validated": HEALTHY_VALIDATED, "frozen": HEALTHY_FROZEN,
+                "no-loss": HEALTHY_NO_LOSS, "transformer": HEALTHY_LM}
