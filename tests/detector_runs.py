@@ -76,6 +76,8 @@ class RunConfig:
     head_registered_first: bool = False  # the head is built (so named and ordered) before the body
     teacher_scale: float = 6.0  # larger: cleaner labels, a lower loss floor, longer learning
     log_loss: bool = True  # False: w.log() is never called (the detectors get no loss at all)
+    epoch_batches: int | None = None  # None: a fresh batch every step; N: a dataset of N batches, cycled
+    # (epochs); 1 is the bug of a loader re-created inside the loop / an iterator never advanced
     every: int = 10  # the watch's per-layer statistics every K steps (its default)
     flush_every: int = 50
     seed: int = 0
@@ -233,6 +235,7 @@ def run(cfg: RunConfig = RunConfig()) -> Run:
         model.body[0].requires_grad_(False)  # type: ignore[index]
     opt = _optimizer(cfg, model)
     sched = _schedule(cfg, opt)
+    dataset = [_batch(cfg, teacher, g) for _ in range(cfg.epoch_batches or 0)]
     run_dir = Path(tempfile.mkdtemp(dir=_ROOT.name)) / "run"
     model.train()
     with traindoc.watch(model, opt, run_dir=run_dir, tensorboard=False, every=cfg.every,
@@ -249,7 +252,10 @@ def run(cfg: RunConfig = RunConfig()) -> Run:
                     model.train()
             k = cfg.accumulation[step % len(cfg.accumulation)]
             for _ in range(k):
-                x, y = _batch(cfg, teacher, g)
+                if cfg.epoch_batches:
+                    x, y = dataset[step % cfg.epoch_batches]
+                else:
+                    x, y = _batch(cfg, teacher, g)
                 if cfg.bad_shard and cfg.bad_shard[0] <= step < cfg.bad_shard[1]:
                     x = x * cfg.bad_scale
                 if cfg.nan_at == step:
@@ -258,7 +264,7 @@ def run(cfg: RunConfig = RunConfig()) -> Run:
                 loss = _loss(cfg, model(x), y)
                 (loss / k if cfg.accum_normalization == "mean" else loss).backward()
                 if cfg.log_loss:
-                    w.log(loss=loss.detach())  # several micro-batches: the watch averages them
+                    w.log(loss=loss.detach(), batch=(x, y))  # several micro-batches: the watch averages them
             if cfg.clip is not None:
                 clip = clip_grad_norm_imported_early if cfg.clip_imported_early else torch.nn.utils.clip_grad_norm_
                 clip(model.parameters(), cfg.clip)
@@ -296,6 +302,8 @@ HEALTHY_EVERY_STEP = bug(schedule="warmup-linear", warmup=20, lr=5e-3, steps=150
 on every step."""
 HEALTHY_VALIDATED = bug(validate_every=20)
 """A validation pass every 20 steps: model.eval(), a forward under no_grad, model.train()."""
+HEALTHY_EPOCHS = bug(epoch_batches=4)
+"""A small dataset of 4 batches, 50 epochs over it: every batch comes back every 4th step."""
 HEALTHY_FROZEN = bug(freeze_first_layer_at=0)
 """The first layer frozen (requires_grad=False) before training: the watch leaves it out."""
 HEALTHY_NO_LOSS = bug(log_loss=False)
@@ -307,4 +315,4 @@ HEALTHY_LM = RunConfig(arch="transformer", num_classes=32, batch_size=16, lr=3e-
 HEALTHY_RUNS = {"healthy": HEALTHY, "noisy": HEALTHY_NOISY, "cosine": HEALTHY_COSINE, "long": HEALTHY_LONG,
                 "clipped": HEALTHY_CLIPPED, "accum": HEALTHY_ACCUM, "deep": HEALTHY_DEEP,
                 "every-step": HEALTHY_EVERY_STEP, "validated": HEALTHY_VALIDATED, "frozen": HEALTHY_FROZEN,
-                "no-loss": HEALTHY_NO_LOSS, "transformer": HEALTHY_LM}
+                "no-loss": HEALTHY_NO_LOSS, "transformer": HEALTHY_LM, "epochs": HEALTHY_EPOCHS}

@@ -42,7 +42,8 @@ class ParamsOutsideOptimizerDetector(Detector):
         stuck = end.unmoved_outside
         modules = sorted({n.rsplit(".", 1)[0] if "." in n else "(root)" for n in stuck})
         with_grad = end.unmoved_with_grad
-        evidence = {"step": end.steps, "steps": end.steps, "modules": modules[:20], "parameters": stuck[:50],
+        evidence = {"step": end.steps, "value": len(stuck), "threshold": 0, "window": end.steps,
+                    "steps": end.steps, "modules": modules[:20], "parameters": stuck[:50],
                     "count": len(stuck), "numel": end.unmoved_outside_numel,
                     "receiving_gradients": with_grad[:50]}
         shown = ", ".join(modules[:3]) + ("..." if len(modules) > 3 else "")
