@@ -60,6 +60,7 @@ class StepMeta:
     backward_calls: int = 0
     stale: Any = None  # None (unknown), False, or "device" (flag in the buffer row)
     layer_stats: bool = False
+    frozen: tuple[int, ...] = ()  # watched parameters frozen (requires_grad=False) since, at a layer-stats step
     skipped: bool = False
     has_scale: bool = False
     train_mode: bool | None = None
@@ -230,6 +231,7 @@ class StepRecorder:
         if self.every and step % self.every == 0:
             detached = [p.detach() for p in params]
             m.layer_stats = True
+            m.frozen = tuple(i for i, p in enumerate(params) if not p.requires_grad)
             buf.write_weight_norms(row, stats.grad_norms(detached))
             self._snapshot = torch._foreach_mul(detached, 1.0)
         if self.histograms is not None and self.histograms_every and step % self.histograms_every == 0:

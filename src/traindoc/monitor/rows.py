@@ -86,9 +86,10 @@ def read_steps(buffer: StatsBuffer, metas: Sequence[StepMeta]) -> list[HostStep]
     return out
 
 
-def layer_stats(layout: ParamLayout, buffer: StatsBuffer, row: np.ndarray,
+def layer_stats(layout: ParamLayout, buffer: StatsBuffer, row: np.ndarray, frozen: Sequence[int] = (),
                 ) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
-    """Per-layer gradient norm, weight norm and update/weight ratio from the per-parameter norms."""
+    """Per-layer gradient norm, weight norm and update/weight ratio from the per-parameter norms; a
+    layer whose parameters were all frozen during the run (``frozen``) is left out: it is not trained."""
     pg, pw, pu = row[buffer.grad_cols], row[buffer.weight_cols], row[buffer.update_cols]
     sums = np.zeros((3, len(layout.layers)))
     np.add.at(sums, (slice(None), layout.layer_of_np), np.square(np.stack([pg, pw, pu]).astype(np.float64)))
@@ -96,7 +97,11 @@ def layer_stats(layout: ParamLayout, buffer: StatsBuffer, row: np.ndarray,
     lg: dict[str, float] = {}
     lw: dict[str, float] = {}
     lu: dict[str, float] = {}
+    still = {li for li in {layout.layer_of[i] for i in frozen}
+             if all(i in frozen for i in layout.layer_params[li])} if frozen else set()
     for li, name in enumerate(layout.layers):
+        if li in still:
+            continue
         g, w, u = norms[0][li], norms[1][li], norms[2][li]
         lg[name], lw[name] = g, w
         if w > 0 and math.isfinite(w):
@@ -124,7 +129,7 @@ def build_step(layout: ParamLayout, buffer: StatsBuffer, h: HostStep, *, prev_ti
     layers_line = None
     lg = lw = lu = depth = None
     if m.layer_stats:
-        lg, lw, lu = layer_stats(layout, buffer, row)
+        lg, lw, lu = layer_stats(layout, buffer, row, m.frozen)
         depth = {name: layout.depth[name] for name in lg}
         if float(np.square(row[buffer.update_cols].astype(np.float64)).sum()) == 0.0:
             skipped = True  # the step changed no weight (lr 0, or an optimizer that did nothing)
