@@ -36,8 +36,8 @@ def test_severity_is_checked_and_ok_means_no_error():
     assert Report([Finding("weight-decay-on-norms", "hint", "x")]).ok
 
 
-def test_catalog_ids_are_kebab_case_and_mission_ids_exist():
-    mission = [
+def test_catalog_ids_are_kebab_case_and_the_public_ids_exist():
+    public = [
         "label-out-of-range", "pad-equals-eos", "padding-in-loss", "labels-not-shifted", "repeated-batch",
         "class-imbalance", "loss-at-chance", "batch-mixing", "causal-leak", "padding-leak", "nan-forward",
         "init-loss-mismatch", "double-softmax", "no-grad-params", "params-not-in-optimizer",
@@ -45,9 +45,20 @@ def test_catalog_ids_are_kebab_case_and_mission_ids_exist():
         "grad-accum-normalization", "loss-spike", "divergence", "loss-plateau", "vanishing-gradients",
         "exploding-gradients", "stalled-layers", "oom-risk",
     ]
-    assert set(mission) <= set(CATALOG)
+    assert set(public) <= set(CATALOG)
     for fid in CATALOG:
         assert fid == fid.lower() and " " not in fid and "_" not in fid
+
+
+def test_every_catalog_id_has_something_that_emits_it():
+    """The catalog (and so docs/findings.md) lists only what traindoc can report: each id is a probe
+    of `traindoc.check` or an id of a `traindoc.watch` detector (the internal ones: traindoc's own)."""
+    from traindoc.monitor.detectors import DETECTOR_TYPES
+    from traindoc.probes.registry import PROBES
+
+    emitted = {p.name for p in PROBES} | {i for cls in DETECTOR_TYPES.values() for i in cls.ids}
+    assert {e.id for e in CATALOG.values() if e.category != "internal"} <= emitted
+    assert emitted - {"data-view"} <= set(CATALOG)
 
 
 def test_docs_page_is_generated_from_the_catalog():

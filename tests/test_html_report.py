@@ -325,7 +325,6 @@ def _watched_run(run_dir: Path) -> Path:
 
 
 def test_report_from_a_real_watched_run(tmp_path: Path) -> None:
-    pytest.importorskip("traindoc.monitor.watch")
     run_dir = _watched_run(tmp_path / "run")
     text = write_html_report(run_dir).read_text(encoding="utf-8")
     for empty in ("No loss was logged", "No learning rate", "No finite gradient norm", "No per-layer statistics",

@@ -336,7 +336,6 @@ def test_close_is_idempotent_and_removes_every_hook(tmp_path):
 
 
 def test_default_detectors_judge_a_nan_run(tmp_path):
-    pytest.importorskip("traindoc.monitor.detectors")
     model = mlp()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     with traindoc.watch(model, opt, run_dir=tmp_path, tensorboard=False, flush_every=4) as w:
@@ -355,7 +354,6 @@ def test_default_detectors_judge_a_nan_run(tmp_path):
 
 
 def test_default_detectors_stay_quiet_on_a_short_healthy_run(tmp_path):
-    pytest.importorskip("traindoc.monitor.detectors")
     model = mlp()
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     with traindoc.watch(model, opt, run_dir=tmp_path, tensorboard=False) as w:
@@ -431,7 +429,6 @@ def test_layer_stats_and_histograms_can_be_switched_off(tmp_path):
                                            ("healthy", None)])
 def test_default_detectors_judge_what_the_watch_measured(tmp_path, bug, expected):
     """End to end: the real detectors, fed by the watch, name the bug and stay quiet on the twin."""
-    pytest.importorskip("traindoc.monitor.detectors")
     model = mlp()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     with traindoc.watch(model, opt, run_dir=tmp_path, tensorboard=False) as w:

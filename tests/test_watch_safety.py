@@ -307,7 +307,6 @@ class RowNormalize(nn.Module):
 
 
 def test_real_nan_forward_probe_names_the_module_of_the_bad_batch(tmp_path):
-    pytest.importorskip("traindoc.probes.nan_forward")
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 8), RowNormalize(), nn.Linear(8, 3))
     opt = torch.optim.SGD(model.parameters(), lr=0.1)

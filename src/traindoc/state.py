@@ -29,6 +29,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -48,22 +49,14 @@ class _RngState:
         self.torch = torch.get_rng_state()
         self.cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
         self.python = random.getstate()
-        try:
-            import numpy as np
-
-            self.numpy: Any = np.random.get_state()
-        except ImportError:  # pragma: no cover - numpy is a dependency
-            self.numpy = None
+        self.numpy: Any = np.random.get_state()
 
     def restore(self) -> None:
         torch.set_rng_state(self.torch)
         if self.cuda is not None:
             torch.cuda.set_rng_state_all(self.cuda)
         random.setstate(self.python)
-        if self.numpy is not None:
-            import numpy as np
-
-            np.random.set_state(self.numpy)
+        np.random.set_state(self.numpy)
 
 
 class TrainingState:
@@ -208,8 +201,6 @@ def fingerprint(model: nn.Module, optimizer: torch.optim.Optimizer | None = None
         h.update(f"{name}:{m.training}".encode())
     add_tensor(torch.get_rng_state())
     h.update(repr(random.getstate()).encode())
-    import numpy as np
-
     st = np.random.get_state()
     h.update(repr((st[0], st[2], st[3], st[4])).encode())
     h.update(np.asarray(st[1]).tobytes())

@@ -5,7 +5,7 @@ update/weight ratios) belongs to the monitor and the LR experiments.
 
 - ``lr-too-high`` (warning): an Adam-family optimizer with lr >= 5e-4 on most of the weights of a
   model that was loaded from a checkpoint (a Hugging Face config with ``_name_or_path``, on the model
-  or a submodule). Fine-tuning transformers wants 1e-5..1e-4 (seed 001: Adam's default 1e-3 wrecks
+  or a submodule). Fine-tuning transformers wants 1e-5..1e-4 (the Hugging Face course: Adam's default 1e-3 wrecks
   the pretrained weights). A scheduler's peak (``initial_lr``) counts, so a warmup that starts at 0
   does not hide it; a new head alone at a higher LR is fine.
 - ``weight-decay-on-norms`` (hint): a param group with weight_decay > 0 holds 1-d parameters

@@ -100,6 +100,6 @@ class LossPlateauDetector(Detector):
             f"Loss plateau at {new:.4g}: improved {(old - new) / abs(old) if old else 0:.1%} (< "
             f"{self.rel_improvement:.0%}) between the last two {self.new.size}-step blocks "
             f"(LR {lr if lr is not None else 'unknown'})", evidence,
-            "If this level is far above what the task allows, something blocks learning (seed 000's "
-            "plateau at 5: wrong batch layout, missing masks). If the model is right, it has converged "
+            "If this level is far above what the task allows, something blocks learning (a wrong batch "
+            "layout, missing attention masks: `traindoc.check` on one batch proves those). If the model is right, it has converged "
             "at this LR: decay the LR, stop earlier, or give it more capacity or data.")]
