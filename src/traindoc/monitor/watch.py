@@ -137,8 +137,10 @@ class Watch:
         self.recorder = StepRecorder(layout, model, self.optimizer, rows=2 * flush_every, every=every,
                                      histograms_every=histograms_every, histograms=histograms,
                                      histogram_params=hist_params, scaler=scaler)
-        recorder = self.recorder  # the log's step source holds the recorder, never the watch
-        self.failures = FailureLog(step=lambda: recorder.step)
+        # the log's step source holds the recorder weakly: the TensorBoard thread's pending writes hold
+        # the log, and must not keep the model alive
+        recorder = weakref.ref(self.recorder)
+        self.failures = FailureLog(step=lambda: getattr(recorder(), "step", 0))
         self.hooks = Hooks(self.recorder, self.optimizer, self.failures, self._flush_if_due, scaler)
         self.nan = NanReplay(model, locate, forward=forward, failures=self.failures, pause=self.hooks.paused,
                              report=self._add_finding)
