@@ -406,6 +406,10 @@ def test_bad_arguments_are_input_errors(tmp_path):
     frozen = mlp().requires_grad_(False)
     with pytest.raises(traindoc.TraindocInputError, match="trainable"):
         traindoc.watch(frozen, torch.optim.SGD(frozen.parameters(), lr=0.1), run_dir=tmp_path)
+    with pytest.raises(traindoc.TraindocInputError, match="evry: is not an argument of traindoc.watch; did you mean 'every'"):
+        traindoc.watch(model, opt, run_dir=tmp_path, evry=5)
+    with pytest.raises(traindoc.TraindocInputError, match="loss_spikes: unknown detector option"):
+        traindoc.watch(model, opt, run_dir=tmp_path, detector_options={"loss_spikes": {}})
     assert active_listeners() == 0
 
 

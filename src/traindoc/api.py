@@ -6,6 +6,9 @@ and `watch` (the monitor, with the ``nan-forward`` probe as its NaN replay).
 
 from __future__ import annotations
 
+import difflib
+import functools
+import inspect
 import sys
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
@@ -24,6 +27,28 @@ if TYPE_CHECKING:
     from traindoc.monitor.watch import Watch
 
 
+def _unknown_arguments_are_input_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """A misspelt keyword argument gets the same one clear message as every other bad input
+    (`TraindocInputError`, with the nearest real name), not a bare TypeError."""
+    signature = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            signature.bind(*args, **kwargs)
+        except TypeError as e:
+            unknown = [k for k in kwargs if k not in signature.parameters]
+            if not unknown:
+                raise TraindocInputError("arguments", f"{fn.__name__}(): {e}") from None
+            near = difflib.get_close_matches(unknown[0], list(signature.parameters), n=1)
+            raise TraindocInputError(unknown[0], f"is not an argument of traindoc.{fn.__name__}"
+                                     + (f"; did you mean {near[0]!r}?" if near else "")) from None
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
+@_unknown_arguments_are_input_errors
 def check(
     model: nn.Module,
     batch: Any,
@@ -129,6 +154,7 @@ def _open_watches_paused() -> Any:
     return monitor.paused_watches() if monitor is not None else nullcontext()
 
 
+@_unknown_arguments_are_input_errors
 def watch(model: nn.Module, optimizer: Any, *, run_dir: str | Path | None = None, every: int = 10,
           histograms_every: int = 100, flush_every: int = 50, histogram_bins: int = 32,
           histogram_layers: Sequence[str] | None = None, histogram_samples: int | None = None,

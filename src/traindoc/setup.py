@@ -1,6 +1,8 @@
 """The captured training *setup*: model, one batch, how to call the model and the loss, optimizer,
-tokenizer, task. `traindoc.check`, the monitor's callbacks and (later) `traindoc run` all fill it in
-the same way, and probes only ever read a `Setup`.
+tokenizer, task — validated, so that bad input gets one message naming the argument to fix.
+`traindoc.check` builds it (`Setup.build`), and so does the monitor's NaN replay; probes only ever
+read a `Setup`. Also here: what the model and its objects say about themselves (`unwrap_optimizer`,
+`checkpoint_names`, the batch's named tensors).
 
     >>> import torch
     >>> s = Setup.build(torch.nn.Linear(4, 3), torch.randn(8, 4))
