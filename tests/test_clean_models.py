@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 import model_zoo
+import real_work_models
 import seq_models
 import traindoc
 from data_models import (
@@ -65,9 +66,46 @@ def _bart():
     return dict(model=model, batch=batch)
 
 
+def _checkpointed(reentrant: bool):
+    def make():
+        return dict(model=real_work_models.CheckpointedLM(reentrant=reentrant), batch=real_work_models.tokens(),
+                    loss_fn=lambda out, b: real_work_models.next_token_loss(out, b))
+    return make
+
+
+def _xy(model_cls):
+    def make():
+        x, y = torch.randn(16, 8), torch.randint(0, 3, (16,))
+        return dict(model=model_cls(), batch=(x, y), loss_fn=lambda out, b: nn.functional.cross_entropy(out, b[1]))
+    return make
+
+
+def _lora():
+    model, batch, _ = real_work_models.bert_with_lora(adapters=True)
+    return dict(model=model, batch=batch)
+
+
+def _t5_same_length():
+    model, batch = real_work_models.t5_same_length()
+    return dict(model=model, batch=batch)
+
+
+# families common in real work (tests/real_work_models.py), each healthy here and its bug twin caught in
+# tests/test_real_work.py
+REAL_WORK = {
+    "torch.utils.checkpoint": _checkpointed(False), "reentrant checkpoint": _checkpointed(True),
+    "prefix LM": lambda: dict(model=real_work_models.PrefixLM(), batch=real_work_models.prefix_batch()),
+    "T5 padded to one length": _t5_same_length, "aux head in training only": _xy(real_work_models.AuxHeadNet),
+    "LoRA on a frozen checkpoint": _lora,
+    "in-batch contrastive": lambda: dict(model=real_work_models.TwoTower(), batch=real_work_models.pairs(),
+                                         loss_fn=real_work_models.contrastive_loss),
+    "(inputs, targets) into model(inputs)": _xy(real_work_models.OneInput),
+    "(logits, loss) model": lambda: dict(model=real_work_models.KarpathyGPT(), batch=real_work_models.xy_lm_batch()),
+}
+
 SETUPS = {"decoder-only LM": _plain_lm, "seq2seq nn.Transformer": _seq2seq, "classifier": _classifier,
           "MLP with BatchNorm": _batchnorm, "HF GPT-2": _gpt2, "HF BERT classifier": _bert, "HF T5": _t5,
-          "HF BART": _bart}
+          "HF BART": _bart, **REAL_WORK}
 
 
 @pytest.mark.parametrize("name", list(SETUPS))

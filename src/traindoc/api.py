@@ -20,7 +20,7 @@ from torch import nn
 
 from traindoc.errors import TraindocInputError
 from traindoc.findings import Finding, Report, internal_failure
-from traindoc.setup import ForwardFn, LossFn, Setup
+from traindoc.setup import ForwardFn, LossFn, Setup, describe_output
 from traindoc.state import preserved
 
 if TYPE_CHECKING:
@@ -114,18 +114,20 @@ def check(
             except Exception as e:
                 findings.append(internal_failure(f"probe {p.name!r}", e, evidence={"probe": p.name}))
         if ctx.main.loss is None:
+            seen = describe_output(ctx.main.output)
             findings.append(Finding(
                 "probe-skipped", "hint",
-                "No loss to check: the model returned no `loss` and no loss_fn was given, so the loss, "
-                "label and gradient probes had nothing to examine",
-                evidence={"output_type": type(ctx.main.output).__name__,
-                          "batch_keys": list(setup.tensors)},
+                f"No loss to check: the model returned {seen}, with no `loss` and no single scalar that "
+                "requires grad, and no loss_fn was given, so the loss, label and gradient probes had nothing "
+                "to examine",
+                evidence={"output": seen, "model_called_as": setup.called_as, "batch_keys": list(setup.tensors)},
                 fix="Pass the labels the model expects (Hugging Face: a `labels` entry in the batch) or "
                     "`loss_fn=lambda output, batch: ...` computing the loss as your loop does."))
         task_name, task_reason = ctx.task
         info = {
             "task": task_name,
             "task_inferred_from": task_reason,
+            "model_called_as": setup.called_as,
             "loss_from": ctx.main.loss_source,
             "batch_size": setup.batch_size,
             "device": str(setup.device),

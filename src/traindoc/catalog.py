@@ -161,10 +161,15 @@ _ENTRIES = [
     ),
     Entry(
         "double-softmax", "model",
-        "The loss receives probabilities (the output of softmax) instead of logits, so it applies "
-        "a second softmax: gradients shrink and training stalls.",
-        "The tensor reaching cross_entropy/nll has rows that are non-negative and sum to 1 (or "
-        "log-probabilities reach cross_entropy); the module that produced it is named.",
+        "The loss receives probabilities (the output of softmax or sigmoid) where it expects logits: "
+        "cross_entropy applies a second softmax to values in [0, 1], so every prediction stays near "
+        "uniform and the gradients shrink (training stalls); nll_loss given probabilities computes -p[y] "
+        "instead of -log p[y]; binary_cross_entropy_with_logits given a sigmoid's output applies a second "
+        "sigmoid. (Log-probabilities into cross_entropy are harmless: log_softmax of log_softmax is the "
+        "same thing, so that is not reported.)",
+        "The tensor reaching cross_entropy/nll_loss has rows that are non-negative and sum to 1, or the "
+        "tensor reaching binary_cross_entropy_with_logits was produced by a sigmoid (read from the "
+        "autograd graph); the softmax module, when there is one, is named.",
         "Remove the softmax from the model's forward and give the loss raw logits; apply softmax "
         "only for inference.",
     ),

@@ -12,6 +12,7 @@ read a `Setup`. Also here: what the model and its objects say about themselves (
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -124,14 +125,51 @@ def pretrained_param_ids(model: nn.Module) -> set[int]:
     return ids
 
 
-def default_forward(model: nn.Module, batch: Any) -> Any:
-    """How a training loop most often calls a model: ``model(**batch)`` for a dict, ``model(*batch)``
-    for a tuple/list, ``model(batch)`` for a tensor."""
+def default_call(model: nn.Module, batch: Any, *, loss_outside: bool = False) -> tuple[ForwardFn, str]:
+    """How a training loop most often calls this model on this batch, decided from the signature of
+    ``model.forward``; returns the call and its description (``"model(batch[0])"``).
+
+    * a dict: ``model(**batch)``, keeping only the keys ``forward`` accepts when it takes no ``**kwargs``;
+    * a tuple/list: as many leading elements as ``forward`` takes positionally (all with ``*args``) —
+      and when the loss is computed outside the model (``loss_outside``: a ``loss_fn`` was given), only
+      those it *requires*: ``(inputs, targets)`` goes in as ``model(inputs)``, as the loop does;
+    * a tensor: ``model(batch)``.
+
+    >>> class OneInput(torch.nn.Module):
+    ...     def forward(self, x): return x
+    >>> class WithTargets(torch.nn.Module):                      # karpathy's GPT: (logits, loss)
+    ...     def forward(self, idx, targets=None): return idx
+    >>> default_call(OneInput(), (torch.zeros(2), torch.ones(2)), loss_outside=True)[1]
+    'model(batch[0])'
+    >>> default_call(WithTargets(), (torch.zeros(2), torch.ones(2)))[1]
+    'model(*batch)'
+    """
+    try:
+        sig = inspect.signature(model.forward)
+    except (TypeError, ValueError):  # a forward Python cannot inspect: the plain conventions
+        sig = None
+    params = list(sig.parameters.values()) if sig is not None else []
+    var_pos = sig is None or any(p.kind is p.VAR_POSITIONAL for p in params)
+    var_kw = sig is None or any(p.kind is p.VAR_KEYWORD for p in params)
     if isinstance(batch, Mapping):
-        return model(**batch)
+        keys = [k for k in batch if var_kw or (k in sig.parameters and  # type: ignore[union-attr]
+                                               sig.parameters[k].kind is not inspect.Parameter.POSITIONAL_ONLY)]
+        if len(keys) == len(batch):
+            return (lambda m, b: m(**b)), "model(**batch)"
+        described = ", ".join(f"{k}=batch[{k!r}]" for k in keys)
+        return (lambda m, b: m(**{k: b[k] for k in keys})), f"model({described})"
     if isinstance(batch, (list, tuple)):
-        return model(*batch)
-    return model(batch)
+        positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        if loss_outside and sig is not None:
+            n = max(1, sum(p.default is p.empty for p in positional))
+        else:
+            n = len(batch) if var_pos else len(positional)
+        n = min(n, len(batch))
+        if n == len(batch):
+            return (lambda m, b: m(*b)), "model(*batch)"
+        described = ", ".join(f"batch[{i}]" for i in range(n))
+        return (lambda m, b: m(*b[:n])), f"model({described})"
+    return (lambda m, b: m(b)), "model(batch)"
 
 
 def output_logits(output: Any) -> torch.Tensor | None:
@@ -155,12 +193,46 @@ def output_logits(output: Any) -> torch.Tensor | None:
     return None
 
 
-def output_loss(output: Any) -> torch.Tensor | None:
-    """The loss a model returned itself (Hugging Face ``output.loss``), if any."""
+def output_loss(output: Any) -> tuple[torch.Tensor | None, str]:
+    """The loss a model returned itself, and where it was: ``output.loss`` (Hugging Face), ``["loss"]``,
+    or — when it is unambiguous — the one scalar of a tuple or dict that requires grad (models that
+    return ``(logits, loss)``, as karpathy's GPTs do). ``(None, "none")`` otherwise.
+
+    >>> logits, loss = torch.randn(2, 3, requires_grad=True), torch.ones((), requires_grad=True)
+    >>> output_loss((logits, loss))[1], output_loss((logits, None))
+    ('output[1]', (None, 'none'))
+    """
+    def is_loss(v: Any) -> bool:
+        return isinstance(v, torch.Tensor) and v.numel() == 1 and v.is_floating_point()
+
     loss = getattr(output, "loss", None)
-    if loss is None and isinstance(output, Mapping):
-        loss = output.get("loss")
-    return loss if isinstance(loss, torch.Tensor) and loss.numel() == 1 else None
+    if is_loss(loss):
+        return loss, "output.loss"
+    if isinstance(output, Mapping):
+        if is_loss(output.get("loss")):
+            return output["loss"], 'output["loss"]'
+        scalars = [(f"output[{k!r}]", v) for k, v in output.items() if is_loss(v) and v.requires_grad]
+    elif isinstance(output, (list, tuple)):
+        scalars = [(f"output[{i}]", v) for i, v in enumerate(output) if is_loss(v) and v.requires_grad]
+    else:
+        scalars = []
+    if len(scalars) == 1:
+        return scalars[0][1], scalars[0][0]
+    return None, "none"
+
+
+def describe_output(output: Any) -> str:
+    """What a model returned, in a few words (``tuple of 2: Tensor(4, 9, 50) float32, None``)."""
+    def one(v: Any) -> str:
+        if isinstance(v, torch.Tensor):
+            return f"Tensor{tuple(v.shape)} {str(v.dtype).replace('torch.', '')}"
+        return type(v).__name__ if v is not None else "None"
+
+    if isinstance(output, (list, tuple)):
+        return f"{type(output).__name__} of {len(output)}: " + ", ".join(one(v) for v in list(output)[:6])
+    if isinstance(output, Mapping) or hasattr(output, "keys"):
+        return f"{type(output).__name__} with " + ", ".join(f"{k}: {one(v)}" for k, v in list(output.items())[:6])
+    return one(output)
 
 
 @dataclass
@@ -179,6 +251,7 @@ class Setup:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     dtype: torch.dtype = torch.float32
     user_forward: bool = False
+    called_as: str = "forward(model, batch)"
 
     @classmethod
     def build(
@@ -226,9 +299,13 @@ class Setup:
             raise TraindocInputError(
                 "batch", f"tensors {wrong_device} are on {tensors[wrong_device[0]].device} but the model is on "
                 f"{device}: move the batch as your loop does (batch = {{k: v.to({str(device)!r}) ...}})")
-        return cls(model=model, batch=batch, forward=forward or default_forward, loss_fn=loss_fn,
+        user_forward = forward is not None
+        called_as = "forward(model, batch)"
+        if forward is None:
+            forward, called_as = default_call(model, batch, loss_outside=loss_fn is not None)
+        return cls(model=model, batch=batch, forward=forward, loss_fn=loss_fn,
                    optimizer=optimizer, tokenizer=tokenizer, task=task, tensors=tensors, batch_size=batch_size,
-                   device=device, dtype=dtype, user_forward=forward is not None)
+                   device=device, dtype=dtype, user_forward=user_forward, called_as=called_as)
 
     # --- what the model and tokenizer say about themselves -----------------------------------------
     @property

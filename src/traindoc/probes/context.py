@@ -145,6 +145,26 @@ class ProbeContext:
         return SampleDependency(i, t0 if use_position else None, streams,
                                 self.grad(scalar, [s.value for s in streams]))
 
+    @property
+    def batch_by_batch(self) -> bool:
+        """The output is a (B, B) matrix over pairs of samples (in-batch contrastive similarities):
+        each row depends on every sample by design."""
+        out = self.per_sample_output
+        B = self.setup.batch_size
+        return out is not None and out.dim() == 2 and tuple(out.shape) == (B, B)
+
+    @cached_property
+    def column_dependency(self) -> SampleDependency | None:
+        """For a (B, B) output: the gradient of a projection of column i, the same sample as
+        `sample_dependency`'s row i (one more backward, only for such outputs)."""
+        sg = self.sample_dependency
+        out = self.per_sample_output
+        if sg is None or out is None or not self.batch_by_batch:
+            return None
+        column = out[:, sg.i]
+        scalar = (column.float() * projection(column.shape, column).float()).sum()
+        return SampleDependency(sg.i, None, sg.streams, self.grad(scalar, [s.value for s in sg.streams]))
+
     @cached_property
     def per_sample_output(self) -> torch.Tensor | None:
         """The logits as (B, ...), transposed when the model returns sequence-first (T, B, ...)."""
@@ -165,24 +185,54 @@ class ProbeContext:
         return [s for s in self.main.streams if s.value.dim() >= 2 and s.value.shape[0] == B]
 
     def _anchor(self) -> tuple[int, int | None]:
-        """(sample i, position t0): a sample with the most real decoder tokens (the one nearest the
-        middle of the batch: a layout bug that runs *causal* attention over the batch axis makes
-        sample i depend on samples < i only, so sample 0 would see nothing), and its first real one."""
+        """(sample i, position t0): the output the dependency probes differentiate.
+
+        For an autoregressive task, t0 is the first position whose prediction counts in the loss (a
+        prompt whose targets are ignored, or a prefix that attends both ways by design, is not judged:
+        its outputs are not trained), in the sample with the most counted positions; without a mapping
+        from loss targets to positions, the first real token of the sample with the most real tokens.
+        Among equals, the sample nearest the middle of the batch: a layout bug that runs *causal*
+        attention over the batch axis makes sample i depend on samples < i only, so sample 0 would see
+        nothing."""
         B = self.setup.batch_size
 
         def middle(candidates: torch.Tensor) -> int:
             return int(candidates[(candidates.float() - (B - 1) / 2).abs().argmin()])
 
+        counted = self.counted_positions
+        if counted is not None and bool(counted.any()):
+            per_sample = counted.sum(1)
+            i = middle(torch.nonzero(per_sample == per_sample.max()).flatten())
+            return i, int(torch.nonzero(counted[i]).flatten()[0])
         dec = self.decoder_stream
         if dec is None:
             return middle(torch.arange(B)), None
         rt = self.real_tokens(dec)
         if rt is None:
             return middle(torch.arange(B)), 0
-        counts = rt.real.sum(1)
-        i = middle(torch.nonzero(counts == counts.max()).flatten())
+        real = rt.real.sum(1)
+        i = middle(torch.nonzero(real == real.max()).flatten())
         idx = torch.nonzero(rt.real[i]).flatten()
         return i, int(idx[0]) if idx.numel() else 0
+
+    @cached_property
+    def counted_positions(self) -> torch.Tensor | None:
+        """Bool (B, T) over the output's positions: which predictions count in the loss (their target
+        is not ignored and reaches the loss). A target at position p of its batch tensor is predicted at
+        p (targets at the same positions) or p - 1 (targets shifted by one: a causal LM). None when the
+        targets do not map onto the output's positions."""
+        lt, source, out = self.loss_targets, self.target_source, self.per_sample_output
+        if lt is None or source is None or out is None or out.dim() < 3 or source.kind not in ("same", "shifted"):
+            return None
+        Bt, Tt = source.tensor.shape[0], source.row_len
+        if Bt != self.setup.batch_size or Tt != out.shape[1]:
+            return None
+        pos = source.positions[lt.counted & (source.positions >= 0)]
+        rows, cols = pos // Tt, pos % Tt - (1 if source.kind == "shifted" else 0)
+        keep = cols >= 0
+        counted = torch.zeros(Bt, Tt, dtype=torch.bool)
+        counted[rows[keep], cols[keep]] = True
+        return counted
 
     # ------------------------------------------------------------------ targets
     @cached_property
@@ -395,19 +445,38 @@ class ProbeContext:
         return self._real[key]
 
     def real_tokens_of(self, tensor: torch.Tensor) -> RealTokens | None:
-        """Real positions of a (B, T) batch tensor (targets, labels): the attention mask of a token
-        stream of the same shape when its zeros are pads of that stream (the decoder's first), else
-        runs of the pad id in the tensor itself."""
+        """Real positions of a (B, T) batch tensor (targets, labels), matched to the tensor itself, never
+        by shape alone (an encoder and a decoder padded to one length have masks of the same shape):
+
+        1. a batch mask whose zeros sit exactly on this tensor's padding (the pad id or the loss's
+           ignore index) — among several, the one of a token stream the tensor is (the same ids, or
+           them shifted by one: teacher forcing);
+        2. else the mask of such a token stream (checked against that stream's pad ids);
+        3. else runs of the pad id in the tensor itself (not proved)."""
         if tensor.dim() != 2:
             return None
-        pad = self.setup.special_id("pad_token_id")
-        for s in self.streams_shaped(tuple(tensor.shape)):
-            found = self.attention_mask_for(s)
-            if found is not None and s.ids is not None and mask_fits(s.ids, found[1], pad):
-                rt = self.real_tokens(s)
-                if rt is not None and rt.proved:
-                    return RealTokens(rt.real, True, f"{found[0]} (mask of {s.name!r})", found[0])
-        return real_tokens(tensor, None, pad=pad, eos=self.setup.special_id("eos_token_id"))
+        pad, eos, ignore = (self.setup.special_id("pad_token_id"), self.setup.special_id("eos_token_id"),
+                            self.ignore_index)
+        shape = tuple(tensor.shape)
+        t = tensor.detach().cpu()
+        related = [s for s in self.streams_shaped(shape)
+                   if s.ids is not None and sequence_relation(t, s.ids.cpu(), ignore) in ("same", "shifted")]
+        paired = [(s, found) for s in related if (found := self.attention_mask_for(s)) is not None]
+        pads = {v for v in (pad, ignore) if v is not None}
+        fitting = [(n, m) for n, m in self.setup.tensors.items()
+                   if "mask" in n.lower() and tuple(m.shape) == shape and is_binary(m) and pads
+                   and mask_fits(t, m, pads)]
+        choice = None
+        if fitting:
+            choice = next((f for f in fitting if any(f[0] == found[0] for _, found in paired)), fitting[0])
+        else:
+            choice = next((found for s, found in paired if s.ids is not None and mask_fits(s.ids, found[1], pad)),
+                          None)
+        if choice is not None:
+            name, mask = choice
+            real = (mask.bool() if mask.dtype == torch.bool else mask != 0).cpu()
+            return RealTokens(real, True, name, name)
+        return real_tokens(tensor, None, pad=pad, eos=eos)
 
     @cached_property
     def pad_targets(self) -> PadTargets | None:

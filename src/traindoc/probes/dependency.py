@@ -3,7 +3,11 @@
 The main pass keeps every input embedding (and float input) as a point autograd can differentiate
 against. In eval mode, with a random projection ``r`` so that no symmetry hides a dependency:
 
-- ``batch-mixing``: d (out[i] . r) / d input[j] must be exactly 0 for every sample j != i;
+- ``batch-mixing``: d (out[i] . r) / d input[j] must be exactly 0 for every sample j != i; for an
+  output that is a (B, B) matrix over pairs of samples by design (in-batch contrastive similarities),
+  row i may depend on every sample of one stream (the columns') and column i on every sample of the
+  other: a stream mixes samples only when both row i and column i depend on its other samples (one
+  more backward, for such outputs only);
 - ``causal-leak``: for autoregressive targets, d (out[i, t0] . r) / d decoder_input[i, t > t0]
   must be exactly 0 (t0 = the first real position, so every later position is tested);
 - ``padding-leak``: d (sum of out at real positions . r) / d input at pad positions of the same
@@ -40,6 +44,24 @@ def _sample_magnitudes(g: torch.Tensor) -> torch.Tensor:
     return g.detach().abs().float().flatten(1).amax(1)
 
 
+def _cross_sample(sg: Any) -> tuple[list[dict[str, Any]], float]:
+    """The input streams through which sample ``sg.i``'s output depends on other samples, and the
+    largest gradient it has with respect to its own inputs."""
+    leaks, own = [], 0.0
+    for s, g in zip(sg.streams, sg.grads, strict=True):
+        if g is None:
+            continue
+        mags = _sample_magnitudes(g).cpu()
+        own = max(own, float(mags[sg.i]))
+        others = mags.clone()
+        others[sg.i] = 0
+        j = int(others.argmax())
+        if float(others[j]) > 0:
+            leaks.append({"input": s.name, "module": s.module, "other_sample": j, "max_abs_grad": float(others[j]),
+                          "samples_affected": int((others > 0).sum())})
+    return [lk for lk in leaks if lk["max_abs_grad"] > _REL_EPS * max(own, 1e-30)], own
+
+
 def _mha_batch_axis_calls(ctx: ProbeContext) -> list[AttentionCall]:
     """Attention modules that attend over the user's batch axis (seq-first layer fed (B, T, E))."""
     B = ctx.setup.batch_size
@@ -58,20 +80,14 @@ def batch_mixing(ctx: ProbeContext) -> list[Finding]:
     if sg is None:
         return []
     i = sg.i
-    leaks = []
-    own = 0.0
-    for s, g in zip(sg.streams, sg.grads, strict=True):
-        if g is None:
-            continue
-        mags = _sample_magnitudes(g).cpu()
-        own = max(own, float(mags[i]))
-        others = mags.clone()
-        others[i] = 0
-        j = int(others.argmax())
-        if float(others[j]) > 0:
-            leaks.append({"input": s.name, "module": s.module, "other_sample": j, "max_abs_grad": float(others[j]),
-                          "samples_affected": int((others > 0).sum())})
-    leaks = [lk for lk in leaks if lk["max_abs_grad"] > _REL_EPS * max(own, 1e-30)]
+    leaks, own = _cross_sample(sg)
+    column = ctx.column_dependency
+    if column is not None:
+        # a (B, B) output pairs every sample with every other by design: row i may depend on all samples
+        # of the stream that feeds the columns, column i on all of the one that feeds the rows. A stream
+        # mixes samples only when both row i and column i depend on its other samples.
+        by_column = {lk["input"] for lk in _cross_sample(column)[0]}
+        leaks = [lk for lk in leaks if lk["input"] in by_column]
     if not leaks:
         return []
     calls = _mha_batch_axis_calls(ctx)
@@ -81,6 +97,9 @@ def batch_mixing(ctx: ProbeContext) -> list[Finding]:
         "cross_sample": leaks,
         "batch_size": B,
     }
+    if column is not None:
+        evidence["output"] = (f"a ({B}, {B}) matrix over pairs of samples: the streams above reach sample "
+                              f"{i}'s row and its column through other samples")
     if sg.t0 is not None:
         evidence["output_position"] = sg.t0
     if calls:
@@ -128,30 +147,37 @@ def causal_leak(ctx: ProbeContext) -> list[Finding]:
         return []
     dec = ctx.decoder_stream
     evidence: dict[str, Any] = {"task": ctx.task[0], "task_inferred_from": ctx.task[1]}
-    proved_by_gradient = False
+    proved_by_gradient = judged_by_gradient = False
     sg = ctx.sample_dependency
     if dec is not None and sg is not None and sg.t0 is not None:
         i, t0 = sg.i, sg.t0
         g = next((g for s, g in zip(sg.streams, sg.grads, strict=True) if s is dec), None)
         if g is not None and g.shape[1] > t0 + 1:
+            judged_by_gradient = True
             per_pos = g[i].detach().abs().float().flatten(1).amax(1).cpu()  # (T,)
             past = float(per_pos[: t0 + 1].max())
             future = per_pos[t0 + 1:]
             leaking = torch.nonzero(future > _REL_EPS * max(past, 1e-30)).flatten() + t0 + 1
             evidence.update({"decoder_input": dec.name, "sample": i, "output_position": t0,
                              "max_abs_grad_past": past, "max_abs_grad_future": float(future.max())})
+            if ctx.counted_positions is not None:
+                evidence["output_position_is"] = "the first position whose prediction counts in the loss"
             if leaking.numel():
                 proved_by_gradient = True
                 evidence["future_positions_seen"] = leaking[:20].tolist()
                 evidence["future_positions_seen_count"] = int(leaking.numel())
-    unmasked = _unmasked_decoder_self_attention(ctx)
+    blind = _mha_batch_axis_calls(ctx)
+    # what the attention modules received is evidence only where the gradient could not judge (attention
+    # over the batch axis hides a missing causal mask); where it judged, a mask built another way (a
+    # prefix that attends both ways, a causal mask applied inside the module) must not be contradicted
+    unmasked = _unmasked_decoder_self_attention(ctx) if (blind or not judged_by_gradient) else []
     if unmasked:
         evidence["self_attention_without_causal_mask"] = [
             f"{a.module}: attn_mask={'None' if a.attn_mask is None else 'not causal ' + str(list(a.attn_mask.shape))}"
             f", is_causal={a.is_causal}" for a in unmasked[:6]]
     if not proved_by_gradient and not unmasked:
         return []
-    if not proved_by_gradient and _mha_batch_axis_calls(ctx):
+    if not proved_by_gradient and blind:
         evidence["note"] = ("the gradient probe cannot see this while attention runs over the batch axis "
                             "(batch-mixing); the decoder's self-attention modules were observed with no causal mask")
     if proved_by_gradient:
@@ -164,6 +190,42 @@ def causal_leak(ctx: ProbeContext) -> list[Finding]:
            "device=x.device)` and `model.transformer(src, tgt, tgt_mask=tgt_mask, tgt_is_causal=True, ...)`; "
            "for hand-written attention use `F.scaled_dot_product_attention(q, k, v, is_causal=True)`.")
     return [Finding("causal-leak", "error", title, evidence=evidence, fix=fix)]
+
+
+def _padding_leak_fix(ctx: ProbeContext, evidence: dict[str, Any], inverted: bool) -> str:
+    """The fix for what was proved: a mask passed with the wrong polarity, a mask in the batch that
+    never reaches the attention, or no mask at all."""
+    if inverted:
+        return ("PyTorch's key_padding_mask is True where a position must be IGNORED; a Hugging Face "
+                "attention_mask is 1 where a token is REAL. Convert: `key_padding_mask = attention_mask == 0` "
+                "(bool, shape (B, T), no transpose with batch_first=True); pass it as src_key_padding_mask, "
+                "tgt_key_padding_mask and memory_key_padding_mask.")
+    hf = ctx.setup.config is not None
+    masks = [n for n, t in ctx.setup.tensors.items() if "mask" in n.lower() and t.dim() == 2 and is_binary(t)]
+    if masks:
+        evidence["masks_in_batch"] = masks
+        attention = ctx.main.attention
+        if attention and all(a.key_padding_mask is not None or a.attn_mask is not None for a in attention):
+            return (f"Every attention call received a mask, yet outputs at real tokens depend on the pads: "
+                    "something else mixes positions with the padding in (mean- or max-pooling over the "
+                    "sequence, a sum over positions, a convolution). Leave the pads out there too, e.g. "
+                    f"`m = batch[{masks[0]!r}].unsqueeze(-1).float(); pooled = (h * m).sum(1) / m.sum(1)`.")
+        return (f"The batch holds {masks[0]!r} but the attention does not apply it: pass it to the model "
+                + (f"(`model(input_ids=..., attention_mask=batch[{masks[0]!r}])`)." if hf else
+                   f"and on to every attention call: `key_padding_mask = batch[{masks[0]!r}] == 0` for "
+                   "nn.MultiheadAttention / nn.Transformer (src_key_padding_mask, tgt_key_padding_mask, "
+                   "memory_key_padding_mask), or an `attn_mask` that blocks the pad keys for "
+                   "F.scaled_dot_product_attention; and leave the pads out of any pooling over the sequence."))
+    pad = ctx.setup.special_id("pad_token_id")
+    build = f"`attention_mask = (input_ids != {pad}).long()`" if pad is not None else \
+        "`attention_mask = (input_ids != pad_id).long()`"
+    evidence["masks_in_batch"] = []
+    return ("The batch has no attention mask at all, so nothing can tell the model where the padding is: "
+            f"build one with the padding ({build}, or keep the one the tokenizer returns: "
+            "`tokenizer(texts, padding=True, return_tensors='pt')` gives `attention_mask`) and pass it to "
+            "the model" + (" (`model(input_ids=..., attention_mask=...)`)." if hf else
+                           ": `key_padding_mask = attention_mask == 0` for nn.Transformer / "
+                           "nn.MultiheadAttention."))
 
 
 def _inverted_padding_masks(ctx: ProbeContext) -> list[dict[str, Any]]:
@@ -247,8 +309,5 @@ def padding_leak(ctx: ProbeContext) -> list[Finding]:
         lk = evidence["dependency_on_pads"][0]
         title = (f"Outputs at real tokens depend on {lk['pad_positions_seen']} pad positions of {lk['input']!r} "
                  "(must be exactly 0): padding is not masked")
-    fix = ("PyTorch's key_padding_mask is True where a position must be IGNORED; a Hugging Face attention_mask "
-           "is 1 where a token is REAL. Convert: `key_padding_mask = attention_mask == 0` (bool, shape (B, T), no "
-           "transpose with batch_first=True); pass it as src_key_padding_mask, tgt_key_padding_mask and "
-           "memory_key_padding_mask.")
+    fix = _padding_leak_fix(ctx, evidence, bool(observed))
     return [Finding("padding-leak", "error", title, evidence=evidence, fix=fix)]

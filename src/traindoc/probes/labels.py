@@ -160,10 +160,28 @@ def labels_not_shifted(ctx: ProbeContext) -> list[Finding]:
                           "loss_function": call.fn, "positions_compared": n, "equal_share": 1.0, "sample": row,
                           "inputs": ids[row, :k].tolist(), "targets": tv[row, :k].tolist(),
                           "loss": float(ctx.main.loss.detach()) if ctx.main.loss is not None else None},
-                fix="Predict token t+1 from tokens <= t: `loss = F.cross_entropy(logits[:, :-1].reshape(-1, V), "
-                    "input_ids[:, 1:].reshape(-1))`; or pass `labels=input_ids` to a Hugging Face causal LM "
-                    "and use its `output.loss`, which shifts them itself.")]
+                fix=_not_shifted_fix(ctx, s.name, source.name if source is not None else None))]
     return []
+
+
+def _not_shifted_fix(ctx: ProbeContext, inputs: str, targets: str | None) -> str:
+    """For an encoder-decoder, the decoder's inputs are the targets shifted right; for an LM, the
+    targets are the inputs shifted left."""
+    hf = ctx.setup.config is not None
+    if ctx.task[0] == "seq2seq":
+        if hf:
+            return ("The decoder's inputs must be the labels shifted right (the start token first): pass only "
+                    "`labels` and let the model build `decoder_input_ids` from them, or "
+                    "`decoder_input_ids = model.prepare_decoder_input_ids_from_labels(labels=labels)`.")
+        return (f"Feed the decoder the targets shifted right, a start token first: `{inputs} = torch.cat("
+                f"[torch.full_like({targets or 'targets'}[:, :1], bos_id), {targets or 'targets'}[:, :-1]], 1)` "
+                "(and keep a causal mask on the decoder).")
+    if hf:
+        return ("Pass `labels=input_ids` to a Hugging Face causal LM and use its `output.loss`: it shifts them "
+                "itself (token t is predicted from tokens < t); do not shift them again or compare logits "
+                "with the unshifted ids yourself.")
+    return ("Predict token t+1 from tokens <= t: `loss = F.cross_entropy(logits[:, :-1].reshape(-1, "
+            f"logits.shape[-1]), {inputs}[:, 1:].reshape(-1))`.")
 
 
 def imbalance_threshold(num_classes: int) -> float:

@@ -10,7 +10,8 @@ Both read the loss calls the main pass observed (the exact tensors that reached 
 - ``init-loss-mismatch`` (warning): on a model that looks untrained (no checkpoint name on it or
   any submodule), the loss is far above what uniform guessing gives — above ln C + max(1, ln C / 2)
   for ``cross_entropy`` (or ``nll_loss`` on log-probabilities), ln 2 + 1 for BCE-with-logits: the
-  output layer is badly scaled. Default-initialised layers and Hugging Face inits start near ln C.
+  output layer is badly scaled. Not for a (B, B) output of in-batch contrastive similarities, whose
+  logits carry a temperature by design. Default-initialised layers and Hugging Face inits start near ln C.
 
     >>> import torch
     >>> from traindoc.probes.loss import producer
@@ -120,8 +121,8 @@ def double_softmax(ctx: Any) -> list[Finding]:
 
 def init_loss_mismatch(ctx: Any) -> list[Finding]:
     """``init-loss-mismatch``: on an untrained-looking model, loss far above ln C (uniform guessing)."""
-    if checkpoint_names(ctx.setup.model):
-        return []
+    if checkpoint_names(ctx.setup.model) or ctx.batch_by_batch:
+        return []  # a checkpoint is trained already; in-batch contrastive logits carry a temperature by design
     findings: list[Finding] = []
     call = ctx.loss_call
     bce = [c for c in ctx.main.loss_calls if c.fn == "binary_cross_entropy_with_logits"]

@@ -18,7 +18,8 @@ It runs once, in eval mode with grad enabled, while it observes:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -186,6 +187,28 @@ def same_tensor(a: torch.Tensor, b: torch.Tensor) -> bool:
     return bool(torch.equal(a, b))
 
 
+@contextlib.contextmanager
+def _reentrant_checkpoints_as_nonreentrant() -> Iterator[None]:
+    """``torch.utils.checkpoint(..., use_reentrant=True)`` cannot be differentiated with
+    ``torch.autograd.grad``, which every gradient probe uses: during the main pass such a call runs as
+    its non-reentrant twin (the same values, the same memory savings, recomputed in backward)."""
+    from torch.utils import checkpoint as ckpt
+
+    holder = getattr(ckpt, "CheckpointFunction", None)
+    if holder is None:  # pragma: no cover - a torch without the reentrant implementation
+        yield
+        return
+
+    def apply(function: Callable[..., Any], preserve: bool, *args: Any) -> Any:
+        return ckpt.checkpoint(function, *args, use_reentrant=False, preserve_rng_state=preserve)
+
+    holder.apply = staticmethod(apply)  # type: ignore[method-assign, assignment]
+    try:
+        yield
+    finally:
+        del holder.apply  # back to torch.autograd.Function.apply
+
+
 def run_main_pass(setup: Setup, paths: dict[int, str], passes: dict[str, int]) -> MainPass:
     """Run the user's forward (and loss) once, observing everything the probes need (module docstring).
     Counts the forward in ``passes``; a forward or loss_fn that raises is the user's input to fix."""
@@ -239,7 +262,7 @@ def run_main_pass(setup: Setup, paths: dict[int, str], passes: dict[str, int]) -
     def finite_hook(module: nn.Module, args: tuple[Any, ...], out: Any) -> None:
         t = out[0] if isinstance(out, (tuple, list)) and out else out
         if isinstance(t, torch.Tensor) and t.is_floating_point():
-            finite_flags.append((paths.get(id(module), type(module).__name__), torch.isfinite(t).all()))
+            finite_flags.append((paths.get(id(module), type(module).__name__), torch.isfinite(t.detach()).all()))
             if not any(True for _ in module.children()):
                 activation_bytes[0] += t.numel() * t.element_size()
 
@@ -262,14 +285,14 @@ def run_main_pass(setup: Setup, paths: dict[int, str], passes: dict[str, int]) -
         batch = replace_tensors(setup.batch, leafify)
         loss_calls: list[LossCall] = []
         model.eval()
-        with torch.enable_grad(), LossObserver(loss_calls):
+        with torch.enable_grad(), LossObserver(loss_calls), _reentrant_checkpoints_as_nonreentrant():
             passes["forward"] += 1
             try:
                 output = setup.forward(model, batch)
             except Exception as e:
                 raise TraindocInputError(
                     "forward" if setup.user_forward else "batch",
-                    f"calling the model raised {type(e).__name__}: {e}. "
+                    f"calling the model as {setup.called_as} raised {type(e).__name__}: {e}. "
                     + ("Fix forward(model, batch)." if setup.user_forward else
                        "Pass forward=lambda model, batch: model(...) to call it as your loop does."),
                 ) from e
@@ -284,8 +307,7 @@ def run_main_pass(setup: Setup, paths: dict[int, str], passes: dict[str, int]) -
                 if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
                     raise TraindocInputError("loss_fn", "must return a scalar tensor")
             else:
-                loss = output_loss(output)
-                source = "output.loss" if loss is not None else "none"
+                loss, source = output_loss(output)
     finally:
         for h in handles:
             h.remove()

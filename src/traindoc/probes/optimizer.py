@@ -7,7 +7,11 @@ update/weight ratios) belongs to the monitor and the LR experiments.
   model that was loaded from a checkpoint (a Hugging Face config with ``_name_or_path``, on the model
   or a submodule). Fine-tuning transformers wants 1e-5..1e-4 (the Hugging Face course: Adam's default 1e-3 wrecks
   the pretrained weights). A scheduler's peak (``initial_lr``) counts, so a warmup that starts at 0
-  does not hide it; a new head alone at a higher LR is fine.
+  does not hide it; a new head alone at a higher LR is fine. Parameter-efficient fine-tuning is not
+  fine-tuning the checkpoint: adapter weights (LoRA ``lora_A``/``lora_B``, adapters, prefixes and
+  prompts, named as PEFT names them) are new, not pretrained, and when at least 90% of the
+  checkpoint's values are frozen the trainable rest (adapters, a new head) is not judged — a typical
+  adapter LR (1e-4..1e-3) is not too high.
 - ``weight-decay-on-norms`` (hint): a param group with weight_decay > 0 holds 1-d parameters
   (biases, LayerNorm/BatchNorm weights).
 
@@ -18,6 +22,7 @@ update/weight ratios) belongs to the monitor and the LR experiments.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import torch
@@ -27,6 +32,9 @@ from traindoc.findings import Finding
 from traindoc.setup import checkpoint_names, pretrained_param_ids
 
 HIGH_LR = 5e-4
+FROZEN_BASE = 0.9
+_ADAPTER = re.compile(r"(^|\.)(lora_[A-Za-z_]*|adapters?|adapter_[a-z_]*|ia3_[a-z_]*|prefix_encoder|prompt_encoder)"
+                      r"(\.|$)")
 SANE_RANGE = (1e-5, 1e-4)
 
 
@@ -60,7 +68,11 @@ def lr_too_high(ctx: Any) -> list[Finding]:
     if not checkpoints:
         return []
     pretrained = pretrained_param_ids(model)
-    trainable_pre = {id(p): p.numel() for p in model.parameters() if p.requires_grad and id(p) in pretrained}
+    loaded = {id(p): p for n, p in model.named_parameters() if id(p) in pretrained and not _ADAPTER.search(n)}
+    frozen = sum(p.numel() for p in loaded.values() if not p.requires_grad)
+    if frozen >= FROZEN_BASE * sum(p.numel() for p in loaded.values()):
+        return []  # adapters or a head on a frozen checkpoint: nothing pretrained is being fine-tuned
+    trainable_pre = {i: p.numel() for i, p in loaded.items() if p.requires_grad}
     total = sum(trainable_pre.values())
     if total == 0:
         return []

@@ -29,18 +29,7 @@ def padding_in_loss(ctx: ProbeContext) -> list[Finding]:
     n_loss = int(lt.counted.sum())
     share = facts.count / max(1, n_loss)
     src = facts.source
-    hf = ctx.setup.config is not None and ctx.main.loss_source == "output.loss"
-    mask_name = facts.padding.mask_name if facts.padding.proved and facts.padding.mask_name else "attention_mask"
-    if hf:
-        fix = ("Set the labels of padding to -100 (the loss's ignore_index): "
-               f"`batch['{src.name}'] = batch['{src.name}'].masked_fill(batch['{mask_name}'] == 0, -100)`, "
-               "or build batches with `DataCollatorForLanguageModeling(tokenizer, mlm=False)` / "
-               "`DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100)`.")
-    else:
-        fix = ("Leave padding out of the loss by position, not by token id: "
-               f"`keep = batch['{mask_name}'].bool(); loss = F.cross_entropy(logits[keep], targets[keep])`, "
-               f"or set padded targets to the ignore_index: "
-               f"`targets = targets.masked_fill(batch['{mask_name}'] == 0, -100)`.")
+    fix = _padding_in_loss_fix(ctx, facts)
     how = "exactly" if facts.exact else "at least (more targets of these values than real positions hold)"
     return [Finding(
         "padding-in-loss", "error" if facts.padding.proved else "warning",
@@ -55,6 +44,37 @@ def padding_in_loss(ctx: ProbeContext) -> list[Finding]:
         fix=fix)]
 
 
+def _padding_in_loss_fix(ctx: ProbeContext, facts: Any) -> str:
+    """The fix for the model and batch it was proved on: labels set to -100 (a Hugging Face model's own
+    loss; seq2seq labels with the decoder's mask), or padding left out by position (a loss of your own).
+    Never `DataCollatorForLanguageModeling` where pad == eos: it would drop every real EOS too."""
+    src, pad, eos = facts.source.name, ctx.setup.special_id("pad_token_id"), ctx.setup.special_id("eos_token_id")
+    mask = facts.padding.mask_name if facts.padding.proved else None
+    if ctx.setup.config is not None and ctx.main.loss_source.startswith("output"):
+        if ctx.task[0] == "seq2seq":
+            by = f"batch[{mask!r}] == 0" if mask else f"batch[{src!r}] == {pad}"
+            return (f"Set the labels' padding to -100, the loss's ignore_index: `batch[{src!r}] = "
+                    f"batch[{src!r}].masked_fill({by}, -100)`; `DataCollatorForSeq2Seq(tokenizer, model=model)` "
+                    "does it for you (its label_pad_token_id is -100).")
+        by = mask or "attention_mask"
+        text = (f"Set the labels of padding to -100, the loss's ignore_index, by position: `batch[{src!r}] = "
+                f"batch[{src!r}].masked_fill(batch[{by!r}] == 0, -100)`")
+        if pad is not None and pad == eos:
+            return text + (" (not `DataCollatorForLanguageModeling`: with pad == eos it sets every EOS label "
+                           "to -100, the real ones too).")
+        return text + "; `DataCollatorForLanguageModeling(tokenizer, mlm=False)` does it for you."
+    shift = facts.source.kind == "shifted"
+    if mask:
+        keep = f"batch[{mask!r}][:, 1:]" if shift else f"batch[{mask!r}]"
+    else:
+        keep = f"(targets != {pad})" if pad is not None and pad != eos else "a mask of the real positions"
+    logits = "logits[:, :-1]" if shift else "logits"
+    return ("Leave padding out of the loss by position, not by token id: "
+            f"`keep = {keep}.reshape(-1).bool(); loss = F.cross_entropy({logits}.reshape(-1, logits.shape[-1])"
+            "[keep], targets.reshape(-1)[keep])`, or set the padded targets to the loss's ignore_index "
+            f"(-100) with `targets.masked_fill(~{keep}.bool(), -100)`.")
+
+
 def pad_equals_eos(ctx: ProbeContext) -> list[Finding]:
     """pad id == eos id and the EOS targets are dropped from the loss, or pads are EOS targets."""
     pad, eos = ctx.setup.special_id("pad_token_id"), ctx.setup.special_id("eos_token_id")
@@ -67,7 +87,7 @@ def pad_equals_eos(ctx: ProbeContext) -> list[Finding]:
     evidence: dict[str, Any] = {"pad_token_id": pad, "eos_token_id": eos, "eos_targets_in_loss": eos_in_loss,
                                 "targets_in_loss": int(lt.counted.sum()),
                                 "target_tensor": source.name if source is not None else None}
-    hf = ctx.setup.config is not None and ctx.main.loss_source == "output.loss"
+    hf = ctx.setup.config is not None and ctx.main.loss_source.startswith("output")
     if eos_in_loss == 0:
         return _eos_never_a_target(ctx, source, eos, evidence, hf)
     facts = ctx.pad_targets

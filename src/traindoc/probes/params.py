@@ -68,17 +68,25 @@ _EXPERT = re.compile(r"(^|\.)(experts?|expert_\d+)(\.|$)")
 
 
 @functools.lru_cache(maxsize=256)
-def _forward_source(cls: type) -> str:
-    try:
-        return inspect.getsource(cls.forward)
-    except (OSError, TypeError):
-        return ""
+def _methods_source(cls: type) -> str:
+    """The source of the methods this class really runs (its own and inherited, torch's left out): a
+    module used only in training is often called from a helper, not from ``forward`` itself
+    (torchvision's GoogLeNet: ``forward`` -> ``_forward`` -> ``if self.training: aux = self.aux1(x)``)."""
+    parts = []
+    for _, fn in inspect.getmembers(cls, inspect.isfunction):
+        if (getattr(fn, "__module__", "") or "").startswith("torch."):
+            continue
+        try:
+            parts.append(inspect.getsource(fn))
+        except (OSError, TypeError):
+            continue
+    return "\n".join(parts)
 
 
 def _legitimately_unused(model: nn.Module, path: str) -> str | None:
     """Why a module may get no gradient by design: a mixture-of-experts expert the router did not pick,
-    or a module its parent only calls in training mode (``if self.training: aux = self.aux(x)``; the
-    main pass runs in eval mode)."""
+    or a module its parent only calls in training mode (``if self.training: aux = self.aux(x)``, in
+    ``forward`` or in a method it calls; the main pass runs in eval mode)."""
     if _EXPERT.search(path):
         return "mixture-of-experts experts not routed on this batch"
     parts = path.split(".") if path and path != "(whole model)" else []
@@ -90,11 +98,11 @@ def _legitimately_unused(model: nn.Module, path: str) -> str | None:
             parent = model.get_submodule(".".join(parts[:i])) if i else model
         except AttributeError:
             return None
-        lines = _forward_source(type(parent)).splitlines()
+        lines = _methods_source(type(parent)).splitlines()
         uses = re.compile(rf"self\.{re.escape(parts[i])}\b")
         for k, line in enumerate(lines):
             if "self.training" in line and any(uses.search(x) for x in lines[k:k + 4]):
-                return f"{type(parent).__name__}.forward uses {parts[i]} only when self.training"
+                return f"{type(parent).__name__} uses {parts[i]} only when self.training"
     return None
 
 

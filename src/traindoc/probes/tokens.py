@@ -18,6 +18,7 @@ every probe.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import torch
@@ -42,12 +43,15 @@ def is_binary(t: torch.Tensor) -> bool:
     return bool(((t == 0) | (t == 1)).all())
 
 
-def mask_fits(ids: torch.Tensor, mask: torch.Tensor, pad: int | None) -> bool:
-    """Do the zeros of ``mask`` sit on pad ids of ``ids`` (always true when the pad id is unknown)?"""
+def mask_fits(ids: torch.Tensor, mask: torch.Tensor, pad: int | None | Collection[int]) -> bool:
+    """Do the zeros of ``mask`` sit on padding of ``ids`` — the pad id, or any of several values (a
+    label tensor's padding may be the ignore index) — always true when no pad value is known?"""
+    pads = {pad} if isinstance(pad, int) else set(pad or ())
     real = mask.bool() if mask.dtype == torch.bool else mask != 0
-    if pad is None or not bool((~real).any()):
+    if not pads or not bool((~real).any()):
         return True
-    return bool((ids.to(real.device)[~real] == pad).all())
+    values = ids.to(real.device)[~real]
+    return bool(torch.isin(values, torch.tensor(sorted(pads), device=values.device, dtype=values.dtype)).all())
 
 
 def real_tokens(ids: torch.Tensor, mask: torch.Tensor | None, *, pad: int | None, eos: int | None,
