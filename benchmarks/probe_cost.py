@@ -4,7 +4,9 @@ step, check) so that drift on the shared cores hits both.
 
 Extra memory is the peak above what the process held just before (the model, its gradients and
 optimizer state already exist): on CPU the resident set's high-water mark (``VmHWM``, reset through
-``/proc/self/clear_refs`` before each measurement, Linux only), on CUDA ``torch.cuda.max_memory_allocated``.
+``/proc/self/clear_refs`` before each measurement, Linux only; the script re-runs itself with glibc's
+``MALLOC_MMAP_THRESHOLD_`` fixed, so that every large tensor is its own mapping and the resident set
+follows what is really allocated, not what the heap keeps), on CUDA ``torch.cuda.max_memory_allocated``.
 
     python benchmarks/probe_cost.py            # small model at B=4/32 and GPT-2-small (124M) at B=2/8
     python benchmarks/probe_cost.py --quick    # small model only
@@ -16,7 +18,9 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import statistics
+import sys
 import time
 import warnings
 
@@ -97,6 +101,9 @@ def measure(name: str, model, B: int, T: int, vocab: int, rounds: int) -> dict:
 
 
 def main() -> None:
+    if sys.platform.startswith("linux") and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
+        os.environ["MALLOC_MMAP_THRESHOLD_"] = "65536"
+        os.execv(sys.executable, [sys.executable, *sys.argv])
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="small model only")
     ap.add_argument("--threads", type=int, default=2)
