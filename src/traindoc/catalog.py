@@ -236,11 +236,28 @@ _ENTRIES = [
         "grad-accum-normalization", "optimization",
         "With gradient accumulation the loss is not divided by the number of micro-batches (or is "
         "averaged per micro-batch of different token counts), so the effective LR scales with the "
-        "accumulation count.",
-        "The gradient norm at the optimizer step tracks the number of backward calls since the "
-        "last step.",
+        "accumulation count. In the Hugging Face Trainer (transformers 5.x) this happens when the "
+        "model's forward accepts `**kwargs`: the Trainer then passes `num_items_in_batch` and stops "
+        "dividing by `gradient_accumulation_steps`, trusting the model to sum its per-item losses and "
+        "divide by the step's item count; a model that ignores it and returns a plain mean (the BERT "
+        "heads) gets every gradient and logged loss k times too large (a k-times LR with SGD; with Adam "
+        "mostly harder clipping at max_grad_norm). A loss normalised by `num_items_in_batch` that is "
+        "divided again is k times too small.",
+        "Any loop (a warning): the gradient norm at the optimizer step tracks the number of backward "
+        "calls since the last step; a constant count cannot be told from a larger LR. Hugging Face "
+        "Trainer (`TraindocCallback`, error): on the first steps' micro-batches the loss the model "
+        "returned is recomputed from its logits and labels as the plain mean over its items and as "
+        "the item-loss sum / `num_items_in_batch` (mirroring its loss: cross-entropy over samples or "
+        "tokens, shifted for causal LMs; MSE; BCE; -100 ignored), and a hook on the returned loss "
+        "measures the gradient the backward sends into it: 1 if the Trainer used it as returned, 1/k "
+        "if it divided. A plain mean that the Trainer did not divide (or a normalised sum that it "
+        "did) is proved; the evidence adds the first step's loss against k x ln C for a fresh "
+        "C-class head.",
         "Divide each micro-batch loss by the number of accumulation steps (or by the total number "
-        "of tokens of the accumulated batch); `accelerator.accumulate` does it for you.",
+        "of tokens of the accumulated batch); `accelerator.accumulate` does it for you. Hugging Face "
+        "Trainer with a model that ignores `num_items_in_batch`: `trainer.loss_is_scaled_for_ga = "
+        "False` before `trainer.train()`, or `model.accepts_loss_kwargs = False` before building the "
+        "Trainer; with a loss already normalised by `num_items_in_batch`, do not divide it again.",
     ),
     Entry(
         "loss-spike", "optimization",

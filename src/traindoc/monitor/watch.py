@@ -210,6 +210,16 @@ class Watch:
         self.recorder.log_batch(step, batch)
         self.nan.keep_batch(step, batch)
 
+    def add_finding(self, finding: Finding, step: int | None = None) -> None:
+        """Add a finding proved outside the detectors (by an integration that sees what the step
+        records cannot, e.g. the Hugging Face Trainer's loss normalisation) to this run: it is written
+        to the run directory's findings now and is part of the final `Report`. ``step`` defaults to the
+        current step. Ignored once the watch is closed."""
+        if not isinstance(finding, Finding):
+            raise TraindocInputError("finding", f"is a {type(finding).__name__}, not a traindoc Finding")
+        if not self.closed:
+            self.failures.guard("add_finding", self._add_finding, finding, self.steps if step is None else step)
+
     def flush(self) -> None:
         """Write the finished steps to the run directory now (one device-to-host copy)."""
         if not self.closed:
