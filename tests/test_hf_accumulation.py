@@ -200,7 +200,7 @@ def test_a_failing_check_never_reaches_the_training(tmp_path: Path, monkeypatch:
     def broken(*args: Any, **kwargs: Any) -> None:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(hf, "_item_losses", broken)
+    monkeypatch.setattr(hf, "item_losses", broken)
     trainer, cb = _train(tmp_path, _bert(), _data(), accumulation=2)
     assert trainer.state.global_step == 2 and cb.report.info["steps"] == 2
     assert "grad-accum-normalization" not in cb.report
@@ -224,8 +224,8 @@ def test_a_loss_it_cannot_mirror_is_left_alone_after_one_look(tmp_path: Path, mo
             return {"loss": logits.square().mean(), "logits": logits}
 
     calls = []
-    real = hf._item_losses
-    monkeypatch.setattr(hf, "_item_losses", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = hf.item_losses
+    monkeypatch.setattr(hf, "item_losses", lambda *a, **k: calls.append(1) or real(*a, **k))
     data = [{"input_ids": d["input_ids"], "labels": d["labels"]} for d in _data()]
     torch.manual_seed(0)
     trainer, cb = _train(tmp_path, Odd(), data, accumulation=2)
