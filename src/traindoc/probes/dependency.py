@@ -186,9 +186,7 @@ def causal_leak(ctx: ProbeContext) -> list[Finding]:
     else:
         title = (f"The decoder's self-attention gets no causal mask ({len(unmasked)} call(s)): once the layout is "
                  "fixed, each position will see the tokens it must predict")
-    fix = ("Pass a causal mask to the decoder: `tgt_mask = nn.Transformer.generate_square_subsequent_mask(T, "
-           "device=x.device)` and `model.transformer(src, tgt, tgt_mask=tgt_mask, tgt_is_causal=True, ...)`; "
-           "for hand-written attention use `F.scaled_dot_product_attention(q, k, v, is_causal=True)`.")
+    fix = _causal_fix(ctx)
     return [Finding("causal-leak", "error", title, evidence=evidence, fix=fix)]
 
 
@@ -226,6 +224,26 @@ def _padding_leak_fix(ctx: ProbeContext, evidence: dict[str, Any], inverted: boo
             "the model" + (" (`model(input_ids=..., attention_mask=...)`)." if hf else
                            ": `key_padding_mask = attention_mask == 0` for nn.Transformer / "
                            "nn.MultiheadAttention."))
+
+
+def _causal_fix(ctx: ProbeContext) -> str:
+    """The causal mask where this model's attention takes one: nn.Transformer / nn.MultiheadAttention
+    (seen in the main pass), a Hugging Face config, or hand-written attention."""
+    if any(a.self_attention for a in ctx.main.attention):
+        if any(a.in_decoder for a in ctx.main.attention):
+            return ("Pass a causal mask to the decoder: `tgt_mask = nn.Transformer.generate_square_subsequent_mask("
+                    "T, device=x.device)` and `model.transformer(src, tgt, tgt_mask=tgt_mask, tgt_is_causal=True, "
+                    "...)`.")
+        return ("Give the self-attention a causal mask: `mask = nn.Transformer.generate_square_subsequent_mask(T, "
+                "device=x.device)` passed as `mask=mask, is_causal=True` to nn.TransformerEncoder (or "
+                "`attn_mask=mask` to nn.MultiheadAttention).")
+    if ctx.setup.config is not None:
+        return ("The model attends to later positions: a causal LM must not get a bidirectional config "
+                "(`is_decoder=True` for BERT-style models used as decoders) or a 4-D attention mask that "
+                "opens the future.")
+    return ("Mask the future in the attention: `F.scaled_dot_product_attention(q, k, v, is_causal=True)`, or "
+            "before the softmax `att = att.masked_fill(torch.triu(torch.ones(T, T, dtype=torch.bool, "
+            "device=att.device), 1), float('-inf'))`.")
 
 
 def _inverted_padding_masks(ctx: ProbeContext) -> list[dict[str, Any]]:

@@ -64,7 +64,7 @@ def print_report(report: Any, console: Any = None) -> None:
     console = console or Console()
     _print_info(report.info, console)
     if not report.findings:
-        console.print("[bold green]No findings: every probe passed.[/bold green]")
+        console.print("[bold green]No findings.[/bold green]")
         return
     for f in report.findings:
         body = [f"[{_STYLE[f.severity]}]{f.severity.upper()}[/] [bold]{escape(f.id)}[/bold]  {escape(f.title)}"]
