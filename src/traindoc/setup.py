@@ -312,6 +312,13 @@ class Setup:
     def config(self) -> Any:
         return getattr(self.model, "config", None)
 
+    @property
+    def hugging_face(self) -> bool:
+        """The model is a Hugging Face ``PreTrainedModel`` (its config is a ``PretrainedConfig``, not any
+        object a model keeps as ``config``, as karpathy's GPTs do)."""
+        cfg = self.config
+        return cfg is not None and hasattr(cfg, "model_type") and callable(getattr(cfg, "to_dict", None))
+
     def special_id(self, name: str) -> int | None:
         """``pad_token_id`` / ``eos_token_id`` / ``bos_token_id`` from the tokenizer, else the HF config."""
         for source in (self.tokenizer, self.config, getattr(self.config, "generation_config", None)):

@@ -198,7 +198,7 @@ def _padding_leak_fix(ctx: ProbeContext, evidence: dict[str, Any], inverted: boo
                 "attention_mask is 1 where a token is REAL. Convert: `key_padding_mask = attention_mask == 0` "
                 "(bool, shape (B, T), no transpose with batch_first=True); pass it as src_key_padding_mask, "
                 "tgt_key_padding_mask and memory_key_padding_mask.")
-    hf = ctx.setup.config is not None
+    hf = ctx.setup.hugging_face
     masks = [n for n, t in ctx.setup.tensors.items() if "mask" in n.lower() and t.dim() == 2 and is_binary(t)]
     if masks:
         evidence["masks_in_batch"] = masks
@@ -237,7 +237,7 @@ def _causal_fix(ctx: ProbeContext) -> str:
         return ("Give the self-attention a causal mask: `mask = nn.Transformer.generate_square_subsequent_mask(T, "
                 "device=x.device)` passed as `mask=mask, is_causal=True` to nn.TransformerEncoder (or "
                 "`attn_mask=mask` to nn.MultiheadAttention).")
-    if ctx.setup.config is not None:
+    if ctx.setup.hugging_face:
         return ("The model attends to later positions: a causal LM must not get a bidirectional config "
                 "(`is_decoder=True` for BERT-style models used as decoders) or a 4-D attention mask that "
                 "opens the future.")

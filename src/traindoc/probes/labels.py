@@ -167,7 +167,7 @@ def labels_not_shifted(ctx: ProbeContext) -> list[Finding]:
 def _not_shifted_fix(ctx: ProbeContext, inputs: str, targets: str | None) -> str:
     """For an encoder-decoder, the decoder's inputs are the targets shifted right; for an LM, the
     targets are the inputs shifted left."""
-    hf = ctx.setup.config is not None
+    hf = ctx.setup.hugging_face
     if ctx.task[0] == "seq2seq":
         if hf:
             return ("The decoder's inputs must be the labels shifted right (the start token first): pass only "

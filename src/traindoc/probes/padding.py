@@ -50,7 +50,7 @@ def _padding_in_loss_fix(ctx: ProbeContext, facts: Any) -> str:
     Never `DataCollatorForLanguageModeling` where pad == eos: it would drop every real EOS too."""
     src, pad, eos = facts.source.name, ctx.setup.special_id("pad_token_id"), ctx.setup.special_id("eos_token_id")
     mask = facts.padding.mask_name if facts.padding.proved else None
-    if ctx.setup.config is not None and ctx.main.loss_source.startswith("output"):
+    if ctx.setup.hugging_face and ctx.main.loss_source.startswith("output"):
         if ctx.task[0] == "seq2seq":
             by = f"batch[{mask!r}] == 0" if mask else f"batch[{src!r}] == {pad}"
             return (f"Set the labels' padding to -100, the loss's ignore_index: `batch[{src!r}] = "
@@ -87,7 +87,7 @@ def pad_equals_eos(ctx: ProbeContext) -> list[Finding]:
     evidence: dict[str, Any] = {"pad_token_id": pad, "eos_token_id": eos, "eos_targets_in_loss": eos_in_loss,
                                 "targets_in_loss": int(lt.counted.sum()),
                                 "target_tensor": source.name if source is not None else None}
-    hf = ctx.setup.config is not None and ctx.main.loss_source.startswith("output")
+    hf = ctx.setup.hugging_face and ctx.main.loss_source.startswith("output")
     if eos_in_loss == 0:
         return _eos_never_a_target(ctx, source, eos, evidence, hf)
     facts = ctx.pad_targets
