@@ -65,7 +65,7 @@ class TrainingState:
     Probes never write weights, optimizer state or gradients (they ask autograd with
     ``torch.autograd.grad``, which leaves ``.grad`` alone), so those are not copied: a model that fills
     most of a GPU can be checked. They are *proved* untouched instead, by a device-side checksum of
-    every tensor (its sum and sum of squares, in float64) taken before and compared after (`changed`). What a
+    every tensor (its sum and L2 norm) taken before and compared after (`changed`). What a
     probe can change is kept: every module's train/eval flag, the RNG states, the buffers (copied:
     a forward may update them), each parameter's ``.grad`` (the reference) and ``requires_grad``,
     and the optimizer's param groups (small dicts of hyper-parameters)."""
@@ -142,24 +142,29 @@ class TrainingState:
 
 
 CHECKSUM_CHUNK = 1 << 20
-"""Values per float64 conversion in `checksums`: the transient copy stays at 8 MiB whatever the tensor."""
+"""Values per conversion when a tensor is not float32/float64: the transient copy stays small."""
+
+
+def _checksum(t: torch.Tensor) -> torch.Tensor:
+    """(2,) float32: the sum and the L2 norm, deterministic for the same values on the same device."""
+    flat = t.detach().reshape(-1)
+    if flat.dtype in (torch.float32, torch.float64):
+        return torch.stack([flat.sum(), torch.linalg.vector_norm(flat)]).float()
+    acc = torch.zeros(2, dtype=torch.float32, device=flat.device)
+    for start in range(0, flat.numel(), CHECKSUM_CHUNK):  # half precision, integers, bools: in pieces
+        chunk = flat[start:start + CHECKSUM_CHUNK].to(torch.float32)
+        acc[0] += chunk.sum()
+        acc[1] += chunk.square().sum()
+    return torch.stack([acc[0], acc[1].sqrt()])
 
 
 def checksums(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """(n, 2) float64 on the host: the sum and the sum of squares of each tensor, accumulated in float64
-    chunk by chunk where the tensor lives (never a float64 copy of a whole tensor); NaN stays NaN."""
+    """(n, 2) on the host: the sum and the L2 norm of each tensor, computed where it lives (a few fused
+    passes, never a copy of a whole tensor in another dtype); NaN stays NaN."""
     if not tensors:
-        return torch.zeros(0, 2, dtype=torch.float64)
-    rows = []
+        return torch.zeros(0, 2)
     with torch.no_grad():
-        for t in tensors:
-            flat = t.detach().reshape(-1)
-            acc = torch.zeros(2, dtype=torch.float64, device=flat.device)
-            for start in range(0, flat.numel(), CHECKSUM_CHUNK):
-                chunk = flat[start:start + CHECKSUM_CHUNK].to(torch.float64)
-                acc[0] += chunk.sum()
-                acc[1] += chunk.square().sum()
-            rows.append(acc)
+        rows = [_checksum(t) for t in tensors]
         if all(r.device == rows[0].device for r in rows):
             return torch.stack(rows).cpu()  # one copy to the host
         return torch.stack([r.cpu() for r in rows])
