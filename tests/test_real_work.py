@@ -176,3 +176,12 @@ def test_a_check_inside_a_watched_run_is_not_counted_as_training():
 
     assert [s["backward_calls"] for s in read_run(w.run_dir).scalars] == [1, 1, 1]
 
+
+
+def test_a_tied_weight_is_named_by_both_its_names():
+    model = R.KarpathyGPT()
+    model.head.weight = model.tok.weight  # tied input and output embeddings, as GPT-2 does
+    body = [p for n, p in model.named_parameters() if not n.startswith("tok.")]
+    (f,) = traindoc.check(model, R.xy_lm_batch(), optimizer=torch.optim.AdamW(body, lr=3e-4)
+                          ).get("params-not-in-optimizer")
+    assert f.evidence["groups"][0]["params"] == ["tok.weight (also head.weight)"]

@@ -114,6 +114,22 @@ def checkpoint_names(model: nn.Module) -> list[str]:
     return names
 
 
+def param_names(model: nn.Module) -> dict[int, str]:
+    """A name for each parameter (by ``id``), saying every name a shared parameter goes by: tied weights
+    read ``"transformer.wte.weight (also lm_head.weight)"``, since either may be the one the user wrote.
+
+    >>> m = torch.nn.Module(); m.emb = torch.nn.Embedding(5, 2); m.head = torch.nn.Linear(2, 5, bias=False)
+    >>> m.head.weight = m.emb.weight
+    >>> list(param_names(m).values())
+    ['emb.weight (also head.weight)']
+    """
+    aliases: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        aliases.setdefault(id(p), []).append(name)
+    return {i: names[0] + (f" (also {', '.join(names[1:])})" if len(names) > 1 else "")
+            for i, names in aliases.items()}
+
+
 def pretrained_param_ids(model: nn.Module) -> set[int]:
     """Ids of the parameters inside modules whose config names a checkpoint (`checkpoint_names`)."""
     ids: set[int] = set()

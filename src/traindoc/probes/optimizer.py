@@ -26,10 +26,9 @@ import re
 from typing import Any
 
 import torch
-from torch import nn
 
 from traindoc.findings import Finding
-from traindoc.setup import checkpoint_names, pretrained_param_ids
+from traindoc.setup import checkpoint_names, param_names, pretrained_param_ids
 
 HIGH_LR = 5e-4
 FROZEN_BASE = 0.9
@@ -49,13 +48,6 @@ def group_lr(group: dict[str, Any]) -> float:
         if isinstance(v, (int, float)) and not isinstance(v, bool):
             values.append(float(v))
     return max(values) if values else 0.0
-
-
-def _names(model: nn.Module) -> dict[int, str]:
-    names: dict[int, str] = {}
-    for n, p in model.named_parameters():
-        names.setdefault(id(p), n)
-    return names
 
 
 def lr_too_high(ctx: Any) -> list[Finding]:
@@ -105,7 +97,7 @@ def weight_decay_on_norms(ctx: Any) -> list[Finding]:
     opt = ctx.setup.optimizer
     if opt is None:
         return []
-    names = _names(ctx.setup.model)
+    names = param_names(ctx.setup.model)
     groups = []
     for i, g in enumerate(opt.param_groups):
         wd = g.get("weight_decay", 0) or 0

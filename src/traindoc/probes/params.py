@@ -28,14 +28,13 @@ import torch
 from torch import nn
 
 from traindoc.findings import Finding
+from traindoc.setup import param_names
 
 
 def group_by_module(model: nn.Module, flagged: set[int], limit: int = 20) -> list[dict[str, Any]]:
     """Group flagged trainable parameters (by ``id``) under the largest modules whose trainable
     parameters are all flagged; a module with only some flagged parameters lists those."""
-    names: dict[int, str] = {}
-    for n, p in model.named_parameters():
-        names.setdefault(id(p), n)
+    names = param_names(model)
     groups: list[dict[str, Any]] = []
     emitted: set[int] = set()
 
@@ -254,12 +253,13 @@ def params_not_in_optimizer(ctx: Any) -> list[Finding]:
 def group_by_module_frozen(model: nn.Module, flagged: set[int], limit: int = 20) -> list[dict[str, Any]]:
     """Like `group_by_module`, for frozen parameters (grouped by their owning module)."""
     groups: dict[str, dict[str, Any]] = {}
+    names = param_names(model)
     for n, p in model.named_parameters():
         if id(p) not in flagged:
             continue
         path = n.rsplit(".", 1)[0] if "." in n else "(whole model)"
         g = groups.setdefault(path, {"module": path, "params": [], "num_params": 0, "numel": 0})
-        g["params"].append(n)
+        g["params"].append(names[id(p)])
         g["num_params"] += 1
         g["numel"] += p.numel()
     return list(groups.values())[:limit]
