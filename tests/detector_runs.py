@@ -41,7 +41,9 @@ class RunConfig:
     steps: int = 200
     task: str = "teacher"  # teacher: learnable; blind: the inputs never reach the model (zeros);
     # blind-skewed: the same with one class half of the labels (the prior is learnable, nothing else);
-    # regression: MSE on the teacher's first output (a scalar target)
+    # regression: MSE on the teacher's first output (a scalar target); text (transformer only): next-byte
+    # prediction on real text (the source of Python's argparse module, ASCII, vocabulary 128)
+    leak_targets: bool = False  # bug (text): the inputs are the targets at the same positions (unshifted)
     num_classes: int = 10
     in_dim: int = 16
     hidden: int = 64
@@ -53,7 +55,8 @@ class RunConfig:
     optimizer: str = "adam"  # adam | sgd
     lr: float = 3e-3
     momentum: float = 0.0
-    schedule: str | None = None  # None | "warmup-cosine" | "warmup-linear" | "steplr-per-batch" (the bug)
+    schedule: str | None = None  # None | "warmup-cosine" | "warmup-linear" | bugs: "steplr-per-batch" (an
+    # epoch schedule, x0.5 per epoch, stepped every batch) | "warmup-steplr-per-batch" (the same after a warmup)
     warmup: int = 30
     batch_size: int = 32
     zero_grad: bool = True  # False: the bug, gradients summed over all steps
@@ -76,6 +79,7 @@ class RunConfig:
     head_registered_first: bool = False  # the head is built (so named and ordered) before the body
     teacher_scale: float = 6.0  # larger: cleaner labels, a lower loss floor, longer learning
     log_loss: bool = True  # False: w.log() is never called (the detectors get no loss at all)
+    log_batch: bool = True  # False: w.log(loss=...) only, the monitor never sees the batches
     epoch_batches: int | None = None  # None: a fresh batch every step; N: a dataset of N batches, cycled
     # (epochs); 1 is the bug of a loader re-created inside the loop / an iterator never advanced
     every: int = 10  # the watch's per-layer statistics every K steps (its default)
@@ -142,7 +146,23 @@ class TinyLM(nn.Module):
         return self.head(self.norm(h))
 
 
+@cache
+def _text() -> torch.Tensor:
+    """Real-ish text, the same on every machine: the bytes of the source of Python's argparse module."""
+    import argparse
+    import inspect
+
+    return torch.tensor(list(inspect.getsource(argparse).encode("ascii", "replace")), dtype=torch.long).clamp_max(127)
+
+
 def _batch(cfg: RunConfig, teacher: nn.Module, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    if cfg.arch == "transformer" and cfg.task == "text":  # windows of seq_len + 1 bytes at random places
+        text = _text()
+        starts = torch.randint(0, len(text) - cfg.seq_len - 1, (cfg.batch_size,), generator=g)
+        seq = text[starts[:, None] + torch.arange(cfg.seq_len + 1)]
+        if cfg.leak_targets:  # the bug: the model is fed the very tokens it must predict
+            return seq[:, 1:], seq[:, 1:]
+        return seq[:, :-1], seq[:, 1:]
     if cfg.arch == "transformer":  # next = previous + 1 (mod V), 20% of tokens random
         start = torch.randint(0, cfg.num_classes, (cfg.batch_size, 1), generator=g)
         seq = (start + torch.arange(cfg.seq_len + 1)) % cfg.num_classes
@@ -174,6 +194,9 @@ def _loss(cfg: RunConfig, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 def _schedule(cfg: RunConfig, opt: torch.optim.Optimizer) -> Any:
     if cfg.schedule == "steplr-per-batch":  # the bug: an epoch schedule stepped every batch
         return torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    if cfg.schedule == "warmup-steplr-per-batch":  # the same bug behind a linear warmup (its peak comes late)
+        return torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda step: (step + 1) / cfg.warmup if step < cfg.warmup else 0.5 ** (step - cfg.warmup))
     if cfg.schedule in ("warmup-cosine", "warmup-linear"):  # as transformers' get_*_schedule_with_warmup
         def factor(step: int) -> float:
             if step < cfg.warmup:
@@ -264,7 +287,8 @@ def run(cfg: RunConfig = RunConfig()) -> Run:
                 loss = _loss(cfg, model(x), y)
                 (loss / k if cfg.accum_normalization == "mean" else loss).backward()
                 if cfg.log_loss:
-                    w.log(loss=loss.detach(), batch=(x, y))  # several micro-batches: the watch averages them
+                    # several micro-batches: the watch averages them
+                    w.log(loss=loss.detach(), batch=(x, y) if cfg.log_batch else None)
             if cfg.clip is not None:
                 clip = clip_grad_norm_imported_early if cfg.clip_imported_early else torch.nn.utils.clip_grad_norm_
                 clip(model.parameters(), cfg.clip)
@@ -311,8 +335,11 @@ HEALTHY_NO_LOSS = bug(log_loss=False)
 HEALTHY_LM = RunConfig(arch="transformer", num_classes=32, batch_size=16, lr=3e-3, steps=120,
                        schedule="warmup-cosine", warmup=20, clip=1.0)
 """A tiny pre-norm causal transformer LM (embeddings, attention, LayerNorm) with warmup + cosine."""
+HEALTHY_TEXT_LM = RunConfig(arch="transformer", task="text", num_classes=128, batch_size=16, lr=1e-2, steps=150)
+"""The tiny causal LM on real text (next byte of Python's argparse source), Adam at a constant LR."""
 
 HEALTHY_RUNS = {"healthy": HEALTHY, "noisy": HEALTHY_NOISY, "cosine": HEALTHY_COSINE, "long": HEALTHY_LONG,
                 "clipped": HEALTHY_CLIPPED, "accum": HEALTHY_ACCUM, "deep": HEALTHY_DEEP,
                 "every-step": HEALTHY_EVERY_STEP, "validated": HEALTHY_VALIDATED, "frozen": HEALTHY_FROZEN,
-                "no-loss": HEALTHY_NO_LOSS, "transformer": HEALTHY_LM, "epochs": HEALTHY_EPOCHS}
+                "no-loss": HEALTHY_NO_LOSS, "transformer": HEALTHY_LM, "epochs": HEALTHY_EPOCHS,
+                "text-lm": HEALTHY_TEXT_LM}

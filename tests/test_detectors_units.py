@@ -60,29 +60,75 @@ def test_amp_overflow_steps_are_not_nan_loss_but_a_stuck_scaler_is():
 
 
 def test_plateau_is_not_judged_while_the_lr_is_annealed():
-    flat = [StepRecord(step=i, loss=1.7 + 0.01 * ((i * 7) % 5), lr=[1e-3 if i < 50 else 1e-6])
+    flat = [StepRecord(step=i, loss=1.7 + 0.01 * ((i * 7) % 5), lr=[1e-3 if i < 20 else 1e-6])
             for i in range(600)]
     assert _feed(LossPlateauDetector(), flat) == []
     same_with_lr = [StepRecord(step=r.step, loss=r.loss, lr=[1e-3]) for r in flat]
     (f,) = _feed(LossPlateauDetector(), same_with_lr)
-    assert f.id == "loss-plateau"
+    assert (f.id, f.severity) == ("loss-plateau", "warning")  # flat where it started: nothing learned
+    assert f.evidence["last_step"] < 100  # a smooth loss needs no long window (the fixed ones took 350 steps)
+
+
+def test_plateau_windows_scale_with_the_noise_and_a_low_level_is_a_hint():
+    """The same flat tail at 0.8 after a fall from 2.3: smooth, it is judged soon (a hint: converged at a
+    constant LR); as noisy as batches of 32 make it, the blocks cannot resolve 5% and nothing is said."""
+    rng = random.Random(0)
+
+    def run(noise: float, lr=lambda i: 1e-3):
+        return _feed(LossPlateauDetector(), [
+            StepRecord(step=i, loss=0.8 + 1.5 * 0.97 ** i + rng.gauss(0, noise), lr=[lr(i)]) for i in range(600)])
+
+    (f,) = run(0.005)
+    assert (f.id, f.severity) == ("loss-plateau", "hint") and f.evidence["fraction_of_start"] < 2 / 3
+    assert "decay the LR" in f.fix and "something blocks learning" not in f.fix
+    assert run(0.2) == []
+    assert run(0.005, lr=lambda i: 1e-3 * (1 - i / 700)) == []  # a decaying LR: the schedule's business
 
 
 def test_scheduler_recovering_cycles_are_not_misuse():
     # cyclic LR between 1e-4 and 1e-2, 20-step cycles: falls below 10% of the peak early, comes back
     cyc = [StepRecord(step=i, lr=[1e-4 + (1e-2 - 1e-4) * abs((i % 20) - 10) / 10]) for i in range(400)]
     assert _feed(SchedulerMisuseDetector(), cyc) == []
-    # the same LR collapse but the run stops early: not judged (no evidence it was early in the run)
-    short = [StepRecord(step=i, lr=[1e-2 * 0.5 ** i]) for i in range(30)]
-    assert _feed(SchedulerMisuseDetector(), short) == []
+    # the same fast collapse at the end of the run (a decay to 0 at its planned end): not judged
+    end = [StepRecord(step=i, lr=[1e-2 * 0.5 ** max(0, i - 100)]) for i in range(112)]
+    assert _feed(SchedulerMisuseDetector(), end) == []
+    # ... but training going on at the collapsed LR is reported within a few steps
+    (f,) = _feed(SchedulerMisuseDetector(), [StepRecord(step=i, lr=[1e-2 * 0.5 ** i]) for i in range(30)])
+    assert f.evidence["rule"] == "collapsed" and f.evidence["collapse_step"] == 10
+    assert f.evidence["window"] - 1 == 15  # max(5, a quarter of the 11 steps it took) steps later
+
+
+def test_scheduler_cosine_and_linear_decay_to_zero_at_the_end_are_quiet():
+    import math
+
+    for n in (50, 200, 1000, 5000):
+        cosine = [StepRecord(step=i, lr=[1e-3 * 0.5 * (1 + math.cos(math.pi * i / (n - 1)))]) for i in range(n)]
+        linear = [StepRecord(step=i, lr=[1e-3 * (1 - i / (n - 1))]) for i in range(n)]
+        assert _feed(SchedulerMisuseDetector(), cosine) == [] and _feed(SchedulerMisuseDetector(), linear) == []
 
 
 def test_clipping_short_runs_are_judged_at_close():
     recs = [StepRecord(step=i, grad_norm=2.0 + i / 10, clip_threshold=1.0, clipped=True) for i in range(30)]
     (f,) = _feed(AggressiveClippingDetector(), recs)
-    assert f.evidence["window"] == 30 and f.evidence["clipped_fraction"] == 1.0
-    assert abs(f.evidence["suggested_clip_threshold"] - quantile([r.grad_norm for r in recs], 0.9)) < 1e-12
-    assert _feed(AggressiveClippingDetector(), recs[:10]) == []  # too few steps to say
+    assert f.evidence["window"] == 20 and f.evidence["first_step"] == 10  # the first 10 steps left out
+    assert f.evidence["clipped_fraction"] == 1.0
+    assert abs(f.evidence["suggested_clip_threshold"] - quantile([r.grad_norm for r in recs[10:]], 0.9)) < 1e-12
+    assert _feed(AggressiveClippingDetector(), recs[:25]) == []  # too few steps to say
+
+
+def test_clipping_counts_only_steps_it_shrinks_materially_and_leaves_warmup_out_of_short_runs():
+    def recs(norms, threshold=1.0):
+        return [StepRecord(step=i, grad_norm=g, clip_threshold=threshold, clipped=g > threshold)
+                for i, g in enumerate(norms)]
+
+    assert _feed(AggressiveClippingDetector(), recs([1.03] * 300)) == []  # clipped by 3% on every step
+    assert len(_feed(AggressiveClippingDetector(), recs([1.3] * 300))) == 1  # by 23%: a habit
+    # a 100-step run clipped hard on 55 steps, 25 of them its warmup: 35 of the 80 steps after the first
+    # fifth are, not a habit; the same run with a calm warmup and hard clipping after it is one
+    later = ([5.0] * 2 + [0.5] * 3) * 15
+    assert _feed(AggressiveClippingDetector(), recs([5.0] * 25 + later)) == []
+    (f,) = _feed(AggressiveClippingDetector(), recs([0.5] * 25 + [5.0] * 75))
+    assert f.evidence["first_step"] == 20 and f.evidence["window"] == 80  # after the first fifth
 
 
 def test_stalled_layers_waits_for_a_window_and_names_late_stalls_once_at_close():

@@ -174,6 +174,40 @@ def test_hf_trainer_nan_loss_is_recorded_not_filtered(tmp_path: Path) -> None:
     assert [f.evidence.get("step") for f in cb.report.get("nan-loss")] == [2]
 
 
+class _FindsAtStepTwo:
+    """A detector raising one finding at step 2 (to see the live stderr line, or its absence)."""
+
+    ids = ("loss-spike",)
+
+    def start(self, run):
+        return []
+
+    def update(self, record):
+        from traindoc.findings import Finding
+
+        return [Finding("loss-spike", "warning", "test finding", {"step": 2})] if record.step == 2 else []
+
+    def finalize(self, end=None):
+        return []
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_hf_trainer_passes_quiet_through(tmp_path: Path, quiet: bool, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("transformers")
+    from transformers import Trainer, TrainingArguments
+
+    from traindoc.integrations.hf import TraindocCallback
+
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "out"), max_steps=4, per_device_train_batch_size=2, learning_rate=1e-3,
+        report_to=[], use_cpu=True, save_strategy="no", disable_tqdm=True, dataloader_num_workers=0, seed=0)
+    cb = TraindocCallback(print_summary=False, quiet=quiet, detectors=[_FindsAtStepTwo()])
+    Trainer(model=_tiny_gpt2(), args=args, train_dataset=_lm_dataset(8), callbacks=[cb]).train()
+    assert cb.report.ids == ["loss-spike"]
+    lines = [x for x in capsys.readouterr().err.splitlines() if x.startswith("traindoc:")]
+    assert lines == ([] if quiet else ["traindoc: WARNING loss-spike at step 2: test finding"])
+
+
 # ----------------------------------------------------------------------------- Lightning
 
 
@@ -231,6 +265,24 @@ def test_lightning_callback(tmp_path: Path, accumulation: int) -> None:
     assert all(r["grad_norm"] is not None and math.isfinite(r["grad_norm"]) for r in run.scalars)
     assert {r["clip_threshold"] for r in run.scalars} == {0.5}
     assert len(run.layers) == steps and all(r["update_ratio"] for r in run.layers)
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_lightning_passes_quiet_through(tmp_path: Path, quiet: bool, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("lightning")
+    import lightning.pytorch as pl
+
+    from traindoc.integrations.lightning import TraindocCallback
+
+    torch.manual_seed(0)
+    cb = TraindocCallback(run_dir=tmp_path / "run", print_summary=False, quiet=quiet, detectors=[_FindsAtStepTwo()])
+    trainer = pl.Trainer(max_steps=4, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(tmp_path),
+                         callbacks=[cb])
+    trainer.fit(_lightning_module([]), _regression_loader())
+    assert cb.report.ids == ["loss-spike"]
+    lines = [x for x in capsys.readouterr().err.splitlines() if x.startswith("traindoc:")]
+    assert lines == ([] if quiet else ["traindoc: WARNING loss-spike at step 2: test finding"])
 
 
 def test_lightning_gradient_norm_is_this_steps(tmp_path: Path) -> None:
@@ -293,6 +345,9 @@ def test_lightning_two_optimizers_get_two_run_dirs(tmp_path: Path) -> None:
                          default_root_dir=str(tmp_path), callbacks=[cb])
     trainer.fit(TwoOpt(), _regression_loader())
     assert [r.info["steps"] for r in cb.reports] == [6, 3]
+    # each optimizer's watch sees the other's parameters outside its own optimizer, held by the other watch
+    assert [r.info["params_held_by_other_watches"] for r in cb.reports] == [2, 2]
+    assert not any("params-not-in-optimizer" in r.ids for r in cb.reports)
     assert len(read_run(tmp_path / "run" / "optimizer0").scalars) == 6
     assert len(read_run(tmp_path / "run" / "optimizer1").scalars) == 3
     assert all(r["grad_norm"] is not None for r in read_run(tmp_path / "run" / "optimizer1").scalars)

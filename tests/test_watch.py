@@ -43,8 +43,17 @@ def mlp(seed: int = 0) -> nn.Module:
 
 
 def batches(n: int, seed: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Random inputs and random labels: nothing to learn (the loss stays at ln 3)."""
     g = torch.Generator().manual_seed(seed)
     return [(torch.randn(32, 6, generator=g), torch.randint(0, 3, (32,), generator=g)) for _ in range(n)]
+
+
+def learnable_batches(n: int, seed: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Labels that the inputs decide (a random linear teacher): a run that learns."""
+    g = torch.Generator().manual_seed(seed)
+    teacher = torch.randn(6, 3, generator=g)
+    xs = [torch.randn(32, 6, generator=g) for _ in range(n)]
+    return [(x, (x @ teacher).argmax(1)) for x in xs]
 
 
 def test_run_dir_has_every_step_lr_loss_and_report(tmp_path):
@@ -171,15 +180,17 @@ def test_steady_state_step_never_syncs_and_copies_once_per_flush(tmp_path, monke
         per_step.append((counts["n"] - before[0], stats.HOST_COPIES[0] - before[1]))
     monkeypatch.undo()
     w.close()
-    # flushes run at the start of steps 5 and 10 (the optimizer pre-step hook)
-    flush_steps = {5, 10}
+    # flushes run at the start of a step (the optimizer pre-step hook): densely at first (after steps 1,
+    # 2 and 4, the powers of two below flush_every), then every flush_every steps (5, 10)
+    flush_steps = {1, 2, 4, 5, 10}
     for i, (syncs, copies) in enumerate(per_step):
         if i in flush_steps:
             assert 1 <= copies <= 3, (i, copies)  # the stats ring, lazy refs (lr/metrics), histograms
             assert syncs > 0  # the counters do see the flush's host reads
         else:
             assert (syncs, copies) == (0, 0), (i, syncs, copies)
-    assert stats.HOST_COPIES[0] - copies_before <= 3 * 3  # two flushes in the loop + the one at close
+    assert stats.HOST_COPIES[0] - copies_before <= 3 * 6  # five flushes in the loop + the one at close
+    assert w.report.info["flushes"] == 6
 
 
 def test_loss_logged_before_or_after_the_step_lands_on_the_same_step(tmp_path):
@@ -430,13 +441,15 @@ def test_layer_stats_and_histograms_can_be_switched_off(tmp_path):
 
 @pytest.mark.parametrize("bug, expected", [("no-zero-grad", "missing-zero-grad"),
                                            ("clip-too-tight", "aggressive-clipping"),
+                                           ("random-labels", "loss-at-chance"),
                                            ("healthy", None)])
 def test_default_detectors_judge_what_the_watch_measured(tmp_path, bug, expected):
-    """End to end: the real detectors, fed by the watch, name the bug and stay quiet on the twin."""
+    """End to end: the real detectors, fed by the watch, name the bug and stay quiet on the twin (a
+    learnable task: on random labels, the loss at ln 3 is loss-at-chance, rightly)."""
     model = mlp()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     with traindoc.watch(model, opt, run_dir=tmp_path, tensorboard=False) as w:
-        for x, y in batches(80):
+        for x, y in (batches if bug == "random-labels" else learnable_batches)(120):
             loss = F.cross_entropy(model(x), y)
             loss.backward()
             if bug == "clip-too-tight":
@@ -450,3 +463,136 @@ def test_default_detectors_judge_what_the_watch_measured(tmp_path, bug, expected
     else:
         assert expected in w.report.ids
     assert "probe-failed" not in w.report.ids
+
+
+# ------------------------------------------------------------------ findings when they happen
+def _train(model, opt, w, data, *, zero_grad=True, also=None):
+    for i, (x, y) in enumerate(data):
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        if also is not None:
+            also(i)
+        if zero_grad:
+            opt.zero_grad()
+        w.log(loss=loss)
+
+
+def test_a_finding_proved_on_the_first_steps_is_written_and_printed_before_close(tmp_path, capsys):
+    """No zero_grad: proved at step 3, on disk and on stderr by step 4, long before the first steady
+    flush (50): a run killed at step 10 keeps it."""
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    w = traindoc.watch(model, opt, run_dir=tmp_path, tensorboard=False)
+    _train(model, opt, w, batches(5), zero_grad=False)  # steps 0-4: flushed after steps 1, 2 and 4
+    written = read_run(tmp_path).findings  # never closed
+    assert [(f["id"], f["severity"], f["evidence"]["step"]) for f in written] == [("missing-zero-grad", "error", 1)]
+    err = capsys.readouterr().err.splitlines()
+    assert [line for line in err if line.startswith("traindoc:")] == [
+        f"traindoc: ERROR missing-zero-grad at step 1: {written[0]['title']}"]
+    w.close()
+    assert capsys.readouterr().err.count("missing-zero-grad") == 0  # said once, not again at close
+
+
+def test_quiet_keeps_stderr_clean(tmp_path, capsys):
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with traindoc.watch(model, opt, run_dir=tmp_path, tensorboard=False, quiet=True) as w:
+        _train(model, opt, w, batches(5), zero_grad=False)
+    assert "missing-zero-grad" in w.report.ids
+    assert "traindoc:" not in capsys.readouterr().err
+
+
+def test_flushes_are_dense_at_the_start_and_every_flush_every_later(tmp_path):
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    flushed_at = []
+    w = traindoc.watch(model, opt, run_dir=tmp_path, tensorboard=False, detectors=[], flush_every=10)
+    original = w._flush
+
+    def flush():
+        flushed_at.append(w.recorder.step)
+        original()
+
+    w._flush = flush
+    _train(model, opt, w, batches(31))
+    w.close()
+    assert flushed_at == [1, 2, 4, 8, 10, 20, 30, 31]  # 31: at close
+    assert len(read_run(tmp_path).scalars) == 31
+
+
+# ------------------------------------------------------------------ parameters outside the optimizer
+def _two_part_model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 3))
+
+
+def test_params_outside_are_warned_at_the_first_step_and_proved_at_close(tmp_path, capsys):
+    model = _two_part_model()
+    opt = torch.optim.Adam(model[0].parameters(), lr=1e-3)  # the head is in no param group
+    w = traindoc.watch(model, opt, run_dir=tmp_path, tensorboard=False, every=0)
+    _train(model, opt, w, batches(3))
+    early = read_run(tmp_path).findings
+    assert [(f["id"], f["severity"]) for f in early] == [("params-not-in-optimizer", "warning")]
+    assert early[0]["evidence"]["parameters"] == ["2.weight", "2.bias"] and not early[0]["evidence"]["proved"]
+    assert "traindoc: WARNING params-not-in-optimizer at step 0: 2 trainable parameter(s) in 2" in capsys.readouterr().err
+    report = w.close()
+    (f,) = report.get("params-not-in-optimizer")  # one finding: the proof replaced the warning
+    assert f.severity == "error" and f.evidence["proved"] and f.evidence["first_reported_step"] == 0
+    assert report.info["withdrawn_findings"] == ["params-not-in-optimizer"]
+
+
+@pytest.mark.parametrize("second", ["watched", "unwatched-every-step", "unwatched-late"])
+def test_params_another_optimizer_trains_are_not_reported(tmp_path, second):
+    """A GAN-like split: the second optimizer holds the head. Watched too, it judges the head itself;
+    unwatched and stepping from the first step, the head has moved by the first flush; unwatched and
+    stepping only from step 4 on, the early warning is taken back at close (the head moved)."""
+    model = _two_part_model()
+    opt_a = torch.optim.SGD(model[0].parameters(), lr=0.1)
+    opt_b = torch.optim.SGD(model[2].parameters(), lr=0.1)
+    wa = traindoc.watch(model, opt_a, run_dir=tmp_path / "a", tensorboard=False, every=0)
+    wb = traindoc.watch(model, opt_b, run_dir=tmp_path / "b", tensorboard=False, every=0) \
+        if second == "watched" else None
+    first_b = 4 if second == "unwatched-late" else 0
+
+    def step_b(i):
+        if i >= first_b:
+            opt_b.step()
+        opt_b.zero_grad()
+
+    _train(model, opt_a, wa, batches(8), also=step_b)
+    ra = wa.close()
+    rb = wb.close() if wb is not None else None
+    assert "params-not-in-optimizer" not in ra.ids and (rb is None or "params-not-in-optimizer" not in rb.ids)
+    early = [f["severity"] for f in read_run(tmp_path / "a").findings if f["id"] == "params-not-in-optimizer"]
+    assert early == (["warning"] if second == "unwatched-late" else [])
+    assert ra.info.get("withdrawn_findings", []) == (["params-not-in-optimizer"] if early else [])
+    assert ra.info["params_held_by_other_watches"] == (2 if second == "watched" else 0)
+
+
+# ------------------------------------------------------------------ tied weights
+def test_a_tied_parameter_is_named_by_both_of_its_names(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=64, n_positions=16, n_embd=32, n_layer=1, n_head=2)
+    model = transformers.GPT2LMHeadModel(config)
+    assert model.lm_head.weight is model.transformer.wte.weight  # GPT-2 ties them
+    assert "lm_head.weight" not in dict(model.named_parameters())  # and named_parameters() hides one
+    tied = "transformer.wte.weight (also lm_head.weight)"
+    # the embedding (so the head) left out of the optimizer: the evidence names it both ways
+    opt = torch.optim.AdamW([p for n, p in model.named_parameters() if n != "transformer.wte.weight"], lr=1e-3)
+    ids = torch.randint(0, 64, (2, 8))
+    with traindoc.watch(model, opt, run_dir=tmp_path, tensorboard=False, every=1) as w:
+        for _ in range(3):
+            model(ids, labels=ids).loss.backward()
+            opt.step()
+            opt.zero_grad()
+    (f,) = w.report.get("params-not-in-optimizer")
+    assert f.evidence["parameters"] == [tied] and f.evidence["modules"] == ["transformer.wte"]
+    assert "model.transformer.wte.parameters()" in f.fix
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    with traindoc.watch(model, opt, run_dir=tmp_path / "all", tensorboard=False, detectors=[]):
+        model(ids, labels=ids).loss.backward()
+        opt.step()
+    meta = read_run(tmp_path / "all").meta
+    assert meta["params"][0] == tied and meta["param_layers"][0] == "transformer.wte"

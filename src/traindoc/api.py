@@ -163,7 +163,8 @@ def watch(model: nn.Module, optimizer: Any, *, run_dir: str | Path | None = None
           scaler: Any = None, detectors: Sequence[Any] | None = None,
           detector_options: dict[str, Any] | None = None, tensorboard: bool | None = None,
           tensorboard_every: int = 10, num_classes: int | None = None,
-          forward: Callable[[nn.Module, Any], Any] | None = None, replay_nonfinite: bool = True) -> Watch:
+          forward: Callable[[nn.Module, Any], Any] | None = None, replay_nonfinite: bool = True,
+          quiet: bool = False) -> Watch:
     """Watch a training run: call once before the loop; ``close()`` (or leaving ``with``) returns the
     `Report`, also kept at ``w.report``.
 
@@ -174,7 +175,9 @@ def watch(model: nn.Module, optimizer: Any, *, run_dir: str | Path | None = None
         every: per-layer gradient norm, weight norm and update/weight ratio every K steps (0: never;
             those steps copy the weights once, transiently, to measure the update).
         histograms_every: weight and gradient histograms every H steps (0: never).
-        flush_every: copy the statistics to the host, judge them and write them every N steps.
+        flush_every: copy the statistics to the host, judge them and write them every N steps (the
+            steady cadence; the first flushes come sooner, after steps 1, 2, 4, 8, ... below N, so
+            that what the first steps prove is reported at once).
         histogram_bins: bins per histogram.
         histogram_layers: names of the layers (modules owning parameters) to draw histograms of;
             default: every layer, or 64 spread over depth.
@@ -192,6 +195,9 @@ def watch(model: nn.Module, optimizer: Any, *, run_dir: str | Path | None = None
             replay (default ``model(**batch)`` / ``model(*batch)`` / ``model(batch)``).
         replay_nonfinite: when a NaN/Inf appears, replay the logged batch through the
             ``nan-forward`` probe to name the module where it was born.
+        quiet: do not print each new finding as it is raised (one line on stderr,
+            ``traindoc: WARNING loss-spike at step 57: ...``); the run directory and the final
+            `Report` hold them either way.
 
     Bad arguments raise `TraindocInputError`, naming the argument.
 
@@ -213,5 +219,5 @@ def watch(model: nn.Module, optimizer: Any, *, run_dir: str | Path | None = None
                  flush_every=flush_every, histogram_bins=histogram_bins, histogram_layers=histogram_layers,
                  histogram_samples=histogram_samples, scaler=scaler, detectors=detectors,
                  detector_options=detector_options, tensorboard=tensorboard, tensorboard_every=tensorboard_every,
-                 num_classes=num_classes, forward=forward, replay_nonfinite=replay_nonfinite,
+                 num_classes=num_classes, forward=forward, replay_nonfinite=replay_nonfinite, quiet=quiet,
                  locate=locate_nonfinite)

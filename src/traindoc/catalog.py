@@ -101,9 +101,23 @@ _ENTRIES = [
         "loss-at-chance", "data",
         "The loss sits at the loss of uniform guessing (ln C or ln V): the model has learned nothing "
         "from its inputs.",
-        "A plateau in the watched loss within a few percent of ln(number of classes).",
-        "Check that the inputs reach the model (decode a batch), that labels match inputs, and that "
-        "the model can overfit one batch.",
+        "A plateau of the watched loss (see loss-plateau) within 5% of ln(number of classes).",
+        "Run `traindoc.check(model, batch)` on one batch (inputs that never reach the loss, labels that do "
+        "not match the inputs, masks that hide every token); decode a batch and look at it; check that the "
+        "model can overfit that one batch.",
+    ),
+    Entry(
+        "loss-collapse", "data",
+        "Early in training the loss falls far below any sensible value, to ~0, on data the model had not "
+        "seen: it usually sees its targets in its inputs (targets equal to the inputs at the same "
+        "positions, a causal LM whose attention sees later positions).",
+        "During training: the rolling median of 20 losses falls below 1% of ln C (C = classes or "
+        "vocabulary) within the first 500 steps of a model that started near chance. A warning when the "
+        "logged batches were new to the model, a hint when no batch was logged (a task this easy, or "
+        "memorising a few batches on purpose, collapses too); nothing when most batches had been seen "
+        "before.",
+        "Run `traindoc.check(model, batch)` on one batch: it proves or rules out targets equal to the "
+        "inputs (labels-not-shifted) and attention that sees the future (causal-leak).",
     ),
     # --------------------------------------------------------------- model
     Entry(
@@ -188,7 +202,10 @@ _ENTRIES = [
         "Trainable parameters are in no param group of the optimizer, so they never move — e.g. a "
         "head built after the optimizer was created.",
         "The set of parameters with requires_grad=True is compared, by identity, with the params "
-        "of every param group; frozen parameters inside the optimizer are reported as a hint.",
+        "of every param group; frozen parameters inside the optimizer are reported as a hint. During "
+        "training: after the first step, none of the open watches' optimizers holds them and they have not "
+        "moved (warning: an unwatched optimizer may still train them); at close, they never moved over "
+        "the run (error, replacing the warning).",
         "Create the optimizer after the model is complete (`optimizer = AdamW(model.parameters(), "
         "...)`) or `optimizer.add_param_group({'params': head.parameters()})`.",
     ),
@@ -207,28 +224,33 @@ _ENTRIES = [
         "pretrained transformer, fine-tuning destroys what it knew.",
         "Statically: Adam/AdamW lr >= 5e-4 on a model that looks pretrained (the usual range is "
         "1e-5..1e-4). During training: update/weight ratios far above ~1e-3, loss rising with lr.",
-        "Lower the learning rate (fine-tuning transformers: 1e-5..1e-4), add warmup, or run "
-        "traindoc's LR range test.",
+        "Lower the learning rate until updates are ~1e-3 of the weights per step (fine-tuning a "
+        "pretrained transformer usually wants 1e-5..1e-4) and add warmup.",
     ),
     Entry(
         "lr-too-low", "optimization",
         "The learning rate is so low that the weights barely move and the loss falls very slowly.",
         "Update/weight ratios far below ~1e-3 for a window of steps while the loss is not falling.",
-        "Raise the learning rate (try x10), or run traindoc's LR range test.",
+        "Raise the learning rate by 3-10x at a time while the loss still falls smoothly, until updates "
+        "are ~1e-3 of the weights per step.",
     ),
     Entry(
         "missing-zero-grad", "optimization",
         "Gradients are never reset between steps, so they accumulate and each step uses the sum "
         "of all past gradients.",
-        "The gradient observed before backward is not zero/None at step start, and the gradient "
-        "norm grows steadily with the step count.",
-        "Call `optimizer.zero_grad(set_to_none=True)` once per optimizer step.",
+        "The gradient observed before the first backward of a step is not zero/None on 3 consecutive "
+        "steps (error); where that cannot be observed, the gradient norm grows like a running sum "
+        "(warning).",
+        "Call `optimizer.zero_grad(set_to_none=True)` once per optimizer step, right after "
+        "`optimizer.step()`.",
     ),
     Entry(
         "scheduler-misuse", "optimization",
         "The LR schedule does not do what was meant: the LR collapses to ~0 early, or a schedule "
         "built for epochs is stepped every batch.",
-        "The LR of each param group recorded per step.",
+        "The LR of each param group, per step: it collapsed below 1e-3 of its peak and training went on "
+        "at it for a quarter as long again, or it lost 90% within the first ~10% of the run and stayed "
+        "there.",
         "Step epoch-based schedulers once per epoch, or build the schedule with the number of "
         "optimizer steps (`get_linear_schedule_with_warmup(opt, warmup, total_steps)`).",
     ),
@@ -264,44 +286,59 @@ _ENTRIES = [
         "The loss jumps far above its recent level for a step or a few.",
         "The loss is more than k robust deviations (median absolute deviation) above the rolling "
         "median of a window.",
-        "Add LR warmup, gradient clipping at the 90th percentile of gradient norms, or lower the LR.",
+        "Look at the batches of the spike's steps first (a shard of another scale, corrupt samples); "
+        "if they are ordinary, add LR warmup, clip gradients near the 90th percentile of their norms, or "
+        "lower the LR.",
     ),
     Entry(
         "divergence", "optimization",
         "The loss rises steadily or becomes non-finite: training is unstable at this LR.",
         "The rolling median of the loss climbs well above its best value and stays there.",
-        "Lower the LR, add warmup and clipping; check normalisation layers (x + Norm(f(x))).",
+        "A rising loss: lower the LR (10x), add warmup and gradient clipping; in deep transformers prefer "
+        "pre-norm blocks (x + f(Norm(x))). A loss stuck at NaN: fix where the NaN was born (nan-loss, "
+        "nan-forward) and restart from a checkpoint before it.",
     ),
     Entry(
         "loss-plateau", "optimization",
-        "The loss has stopped improving for a long window while the LR is not ~0.",
-        "No improvement of the rolling median over a window, with the LR recorded.",
-        "Check the model with traindoc.check (masks, batch layout, labels); then tune the LR.",
+        "The loss has stopped improving while the LR is not ~0: stuck after learning little, or "
+        "converged at this LR.",
+        "The medians of the last two blocks of the loss (each at least a quarter of the run so far, and "
+        "long enough for the loss's own noise) differ by less than 2%, outside warmup and with the LR "
+        "above 1% of its peak; a warning while the loss is above 2/3 of its start, a hint when it fell "
+        "further under a constant LR.",
+        "Stuck high: run `traindoc.check(model, batch)` on one batch (masks, batch layout, labels) and "
+        "check that the model can overfit that batch. Converged: decay the LR, or stop.",
     ),
     Entry(
         "vanishing-gradients", "optimization",
         "Gradient norms shrink by orders of magnitude from the last layers to the first: early "
         "layers stop learning.",
         "Per-layer gradient norms across depth.",
-        "Add residual connections and normalisation, use a better init, or a non-saturating "
-        "activation.",
+        "Use a non-saturating activation, residual connections and normalisation layers, and an init "
+        "scaled to the activation (Kaiming for ReLU).",
     ),
     Entry(
         "exploding-gradients", "optimization",
         "Gradient norms grow by orders of magnitude (across depth or over steps).",
         "Per-layer and global gradient norms over steps.",
-        "Clip gradients at the 90th percentile of observed norms, add warmup, lower the LR.",
+        "Across depth: a variance-preserving init (std ~ 1/sqrt(fan_in)) or normalisation layers. Over "
+        "time: lower the LR, add warmup, clip near the 90th percentile of the norms.",
     ),
     Entry(
         "stalled-layers", "optimization",
         "Some layers' weights barely change: the update/weight ratio is tiny for a window of steps.",
         "||delta w|| / ||w|| per layer for every optimizer step in a window.",
-        "Check that these layers get gradients and are in the optimizer; raise their LR.",
+        "No gradient: use the layer's output in the loss (or freeze it). A gradient but an LR of ~0: give "
+        "its param group a real LR. A gradient and an ordinary LR: its gradients vanish or its weights are "
+        "far too large.",
     ),
     Entry(
         "aggressive-clipping", "optimization",
-        "More than half of the steps are clipped: the clipping is a disguised LR decrease.",
-        "The pre-clip global gradient norm exceeded the clipping threshold on > 50% of steps.",
+        "More than half of the steps are clipped hard (the update cut by 20% or more): the clipping is a "
+        "disguised LR decrease.",
+        "The pre-clip global gradient norm exceeded 1.25x the clipping threshold on > 50% of the last "
+        "100 clipped-or-not steps (the first 10 left out; a short run is judged at close after its first "
+        "fifth).",
         "Lower the learning rate instead, and set the clip threshold near the 90th percentile of "
         "the unclipped gradient norms.",
     ),

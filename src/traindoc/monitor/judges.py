@@ -2,7 +2,9 @@
 
 A detector that raises is traindoc's bug: it is recorded in the watch's `FailureLog`, dropped for the
 rest of the run, and the other detectors and the training go on. Every finding goes to ``report``
-(the watch writes it to the run directory and keeps it for the final `Report`).
+(the watch writes it to the run directory and keeps it for the final `Report`); a finding a
+detector takes back (`Detector.withdraw`: what it learned later proves it wrong, or a stronger
+finding replaces it) goes to ``withdraw``, before the findings of the same call.
 """
 
 from __future__ import annotations
@@ -17,10 +19,12 @@ from traindoc.monitor.record import RunEnd, RunStart, StepRecord
 
 class Judges:
     def __init__(self, detectors: Sequence[Detector], failures: FailureLog,
-                 report: Callable[[Finding, int | None], None]):
+                 report: Callable[[Finding, int | None], None],
+                 withdraw: Callable[[Finding], None] | None = None):
         self.detectors = list(detectors)
         self.failures = failures
         self.report = report
+        self.withdraw = withdraw
 
     @property
     def names(self) -> list[str]:
@@ -34,6 +38,10 @@ class Judges:
             if det in self.detectors:
                 self.detectors.remove(det)
             return
+        take = getattr(det, "take_withdrawn", None)  # a duck-typed detector may lack it: it withdraws nothing
+        for f in take() if take is not None else []:
+            if self.withdraw is not None:
+                self.withdraw(f)
         for f in found:
             self.report(f, step)
 

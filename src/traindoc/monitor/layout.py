@@ -2,9 +2,12 @@
 
 Built once when the watch starts, from the model and the (unwrapped) optimizer; afterwards only
 read. Parameters are in model order; an optimizer parameter that is not in the model is named by
-its place (``param_groups[0].params[3]``). A *layer* is a module that owns parameters directly
-(``blocks.0.attn.out_proj``), in model order; its index is its depth (0 nearest the input for the
-usual model).
+its place (``param_groups[0].params[3]``). A parameter the model holds under several names (tied
+weights: GPT-2's ``lm_head.weight`` is ``transformer.wte.weight``) is named by all of them,
+``transformer.wte.weight (also lm_head.weight)``: ``named_parameters()`` gives only the first, which
+may not be the one the user wrote. A *layer* is a module that owns parameters directly
+(``blocks.0.attn.out_proj``), in model order, taken from a parameter's first name; its index is its
+depth (0 nearest the input for the usual model).
 
     >>> import torch
     >>> model = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.ReLU(), torch.nn.Linear(3, 1))
@@ -50,6 +53,8 @@ class ParamLayout:
         self.layer_params: list[list[int]] = [[] for _ in self.layers]
         for i, li in enumerate(self.layer_of):
             self.layer_params[li].append(i)
+        self.layer_groups = [sorted({self.group_of[i] for i in ps}) for ps in self.layer_params]
+        """Param groups holding each layer's parameters."""
         self.device = self.params[0].device
         self.depth = {name: i for i, name in enumerate(self.layers)}
 
@@ -59,7 +64,12 @@ class ParamLayout:
 
     @classmethod
     def build(cls, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> ParamLayout:
-        named = list(model.named_parameters())
+        aliases: dict[int, list[str]] = {}
+        for name, p in model.named_parameters(remove_duplicate=False):
+            aliases.setdefault(id(p), []).append(name)
+        plain = list(model.named_parameters())
+        named = [(shown_name(name, aliases[id(p)]), p) for name, p in plain]
+        first_name = {id(p): name for name, p in plain}
         model_ids = {id(p) for _, p in named}
         in_opt: dict[int, int] = {}
         opt_params: list[torch.Tensor] = []
@@ -83,7 +93,8 @@ class ParamLayout:
         layers: list[str] = []
         layer_of: list[int] = []
         seen: dict[str, int] = {}
-        for n in names:
+        for p, display in zip(params, names, strict=True):
+            n = first_name.get(id(p), display)
             layer = n.rsplit(".", 1)[0] if "." in n else "(root)"
             if layer not in seen:
                 seen[layer] = len(layers)
@@ -126,6 +137,18 @@ class ParamLayout:
             "frozen_params": len(self.frozen),
             "device": str(self.device),
         }
+
+
+def shown_name(name: str, all_names: Sequence[str]) -> str:
+    """A parameter's name, with the other names the model holds it under.
+
+    >>> shown_name("transformer.wte.weight", ["transformer.wte.weight", "lm_head.weight"])
+    'transformer.wte.weight (also lm_head.weight)'
+    >>> shown_name("0.weight", ["0.weight"])
+    '0.weight'
+    """
+    others = [n for n in all_names if n != name]
+    return f"{name} (also {', '.join(others)})" if others else name
 
 
 def guess_num_classes(model: torch.nn.Module) -> tuple[int | None, str | None]:

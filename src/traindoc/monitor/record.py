@@ -51,6 +51,8 @@ class StepRecord:
     """Per-module ||w_after - w_before|| / ||w_before|| of this step (same steps)."""
     layer_depth: dict[str, int] | None = None
     """Depth index (0 = nearest the input) of each module in the layer_* dicts."""
+    layer_groups: dict[str, list[int]] | None = None
+    """Param groups (indices into ``lr``) holding each module's parameters (same steps)."""
     batch_fingerprint: float | None = None
     """A fingerprint of the batch logged for this step (``watch.log(batch=...)``): equal batches give
     equal fingerprints; None when no batch was logged."""
@@ -60,11 +62,19 @@ class StepRecord:
 
 @dataclass
 class RunStart:
-    """What is known about the run when the watch starts."""
+    """What is known about the run when it starts: handed over at the first flush (after the first
+    optimizer step, when every watch of the run exists), or at close if no step was flushed."""
 
     outside_optimizer: list[str] = field(default_factory=list)
     """Names of the trainable model parameters that no param group of the watched optimizer holds."""
     outside_numel: int = 0
+    held_elsewhere: list[str] = field(default_factory=list)
+    """Of those, the ones that the optimizer of another open watch holds (a GAN's two optimizers,
+    Lightning's several): that watch judges them."""
+    moved: list[str] = field(default_factory=list)
+    """Of those, the ones whose values changed since the watch started (some optimizer trains them)."""
+    steps: int = 0
+    """Optimizer steps taken when this was measured."""
     num_classes: int | None = None
 
 

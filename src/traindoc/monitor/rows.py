@@ -127,10 +127,11 @@ def build_step(layout: ParamLayout, buffer: StatsBuffer, h: HostStep, *, prev_ti
     stale = bool(row[STALE] > 0.5) if m.stale == "device" else m.stale
     skipped = m.skipped
     layers_line = None
-    lg = lw = lu = depth = None
+    lg = lw = lu = depth = groups = None
     if m.layer_stats:
         lg, lw, lu = layer_stats(layout, buffer, row, m.frozen)
         depth = {name: layout.depth[name] for name in lg}
+        groups = {name: layout.layer_groups[layout.depth[name]] for name in lg}
         if float(np.square(row[buffer.update_cols].astype(np.float64)).sum()) == 0.0:
             skipped = True  # the step changed no weight (lr 0, or an optimizer that did nothing)
         layers_line = {"step": s, "grad_norm": lg, "weight_norm": lw, "update_ratio": lu}
@@ -147,7 +148,8 @@ def build_step(layout: ParamLayout, buffer: StatsBuffer, h: HostStep, *, prev_ti
         grad_norm=grad_norm, clip_threshold=h.clip_threshold, clipped=clipped, nonfinite_grads=nonfinite,
         first_nonfinite_param=first_bad, backward_calls=max(m.backward_calls, 1), grad_was_stale=stale,
         num_classes=num_classes, scaler_scale=scale, skipped=skipped, layer_grad_norm=lg,
-        layer_weight_norm=lw, layer_update_ratio=lu, layer_depth=depth, batch_fingerprint=fingerprint,
+        layer_weight_norm=lw, layer_update_ratio=lu, layer_depth=depth, layer_groups=groups,
+        batch_fingerprint=fingerprint,
         extra=extra)
     scalars = {
         "step": s, "loss": loss, "lr": h.lr, "grad_norm": grad_norm, "clipped": clipped,

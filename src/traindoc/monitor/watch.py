@@ -21,9 +21,20 @@ The watch only wires its parts together, each in its own module:
 `traindoc.rundir`  the run directory; `tensorboard` mirrors it for TensorBoard
 =================  ===========================================================================
 
-Speed: a step only queues device work; the host reads the statistics with one copy per flush
-(every ``flush_every`` steps and at close), builds `StepRecord`s, feeds the detectors, and appends
-to the run directory and TensorBoard. No ``.item()`` in a step.
+Speed: a step only queues device work; the host reads the statistics with one copy per flush,
+builds `StepRecord`s, feeds the detectors, and appends to the run directory and TensorBoard. No
+``.item()`` in a step. The flushes are dense at the start and sparse later (`next_flush`): after
+steps 1, 2, 4, 8, 16, 32 (the powers of two below ``flush_every``), then every ``flush_every``
+steps, and at close. A bug proved on the first steps (no ``zero_grad``, a schedule that collapses)
+is judged within a few steps, not at the first steady flush; the six extra early flushes are six
+host copies in a whole run (and, when some trainable parameters are outside the optimizer, the first
+flush makes one more small copy: whether they have moved).
+
+Findings as they happen: each new finding is printed as one line on stderr when it is raised
+(``traindoc: WARNING loss-spike at step 57: <title>``; ``quiet=True`` silences it), and appended to
+the run directory's findings.jsonl, so a run killed before ``close()`` keeps them. What is known
+about the run when it starts (`RunStart`: the trainable parameters outside the watched optimizer)
+is judged at the first flush, after one optimizer step, when every watch of the run exists.
 
 Safety: every hook body is guarded (`failures`); an exception inside traindoc is recorded as a
 ``probe-failed`` hint in the final report and training goes on. Watching an optimizer that is
@@ -37,6 +48,7 @@ are freed and ``clip_grad_norm_`` is torch's own again.
 from __future__ import annotations
 
 import contextlib
+import sys
 import time
 import warnings
 import weakref
@@ -69,6 +81,36 @@ DEFAULT_BINS = 32
 DEFAULT_HISTOGRAM_SAMPLES_CPU = 2048
 DEFAULT_HISTOGRAM_SAMPLES_CUDA = 65536
 
+
+def next_flush(done: int, every: int) -> int:
+    """The step count at which the next flush is due, after a flush of the first ``done`` steps: the
+    next power of two while it is below ``every``, else the next multiple of ``every``.
+
+    >>> [next_flush(d, 50) for d in (0, 1, 2, 4, 8, 16, 32, 50, 100)]
+    [1, 2, 4, 8, 16, 32, 50, 100, 150]
+    >>> [next_flush(d, 5) for d in (0, 1, 2, 4, 5)]
+    [1, 2, 4, 5, 10]
+    """
+    power = 1
+    while power <= done:
+        power *= 2
+    return power if power < every else (done // every + 1) * every
+
+
+def finding_line(finding: Finding, step: int | None) -> str:
+    """The one line a watch prints when a finding is raised: the step it is about (its evidence's
+    ``step``), else the step the monitor was judging.
+
+    >>> finding_line(Finding("loss-spike", "warning", "Loss spike at step 57: 9.1 vs 2.2", {"step": 57}), 60)
+    'traindoc: WARNING loss-spike at step 57: Loss spike at step 57: 9.1 vs 2.2'
+    """
+    about = finding.evidence.get("step")
+    if not isinstance(about, int) or isinstance(about, bool):
+        about = step
+    where = f" at step {about}" if about is not None else ""
+    return f"traindoc: {finding.severity.upper()} {finding.id}{where}: {finding.title}"
+
+
 _OPEN: weakref.WeakKeyDictionary[torch.optim.Optimizer, weakref.ref[Watch]] = weakref.WeakKeyDictionary()
 """The open watch of each optimizer, held weakly on both sides."""
 
@@ -86,7 +128,8 @@ def paused_watches() -> Iterator[None]:
 
 class Watch:
     """A watched training run. Create it with `traindoc.watch` (its docstring lists the options;
-    ``locate`` is the function the NaN replay calls, `traindoc.monitor.nan_replay.Locate`)."""
+    ``quiet=True`` keeps the one-line announcement of each new finding off stderr; ``locate`` is the
+    function the NaN replay calls, `traindoc.monitor.nan_replay.Locate`)."""
 
     def __init__(self, model: torch.nn.Module, optimizer: Any, *, run_dir: str | Path | None = None,
                  every: int = DEFAULT_EVERY, histograms_every: int = DEFAULT_HISTOGRAMS_EVERY,
@@ -96,7 +139,7 @@ class Watch:
                  detector_options: dict[str, Any] | None = None, tensorboard: bool | None = None,
                  tensorboard_every: int = 10, num_classes: int | None = None,
                  forward: Callable[..., Any] | None = None, replay_nonfinite: bool = True,
-                 locate: Locate | None = None):
+                 quiet: bool = False, locate: Locate | None = None):
         if not isinstance(model, torch.nn.Module):
             raise TraindocInputError("model", f"is a {type(model).__name__}, not a torch.nn.Module")
         for arg, value, low in (("every", every, 0), ("flush_every", flush_every, 1),
@@ -107,6 +150,8 @@ class Watch:
         self.model = model
         self.optimizer = unwrap_optimizer(optimizer)
         self.flush_every = flush_every
+        self.quiet = bool(quiet)
+        self._next_flush = next_flush(0, flush_every)
         self.report: Report | None = None
         self.closed = False
         self.layout = layout = ParamLayout.build(model, self.optimizer)
@@ -163,10 +208,11 @@ class Watch:
         if tensorboard:  # opened now, so that no training step pays for the import and the file
             self.failures.guard("tensorboard", self._open_tensorboard, tensorboard_every)
 
-        self.judges = Judges(detectors, self.failures, self._add_finding)
+        self.judges = Judges(detectors, self.failures, self._add_finding, self._withdraw_finding)
         self._outside_start = stats.param_fingerprints([p for _, p in layout.outside]) if layout.outside else None
-        self.judges.start(RunStart(outside_optimizer=layout.not_in_optimizer,
-                                   outside_numel=sum(p.numel() for _, p in layout.outside), num_classes=num_classes))
+        self._started = False
+        self._held_elsewhere: list[str] = []
+        self._withdrawn: list[str] = []
         self._counts = {"clip_steps": 0, "clipped_steps": 0, "skipped_steps": 0, "nonfinite_steps": 0, "flushes": 0}
         self._first_nonfinite: int | None = None
         self._last_time = self._window_start = time.perf_counter()
@@ -232,7 +278,7 @@ class Watch:
 
     # ------------------------------------------------------------------ flush
     def _flush_if_due(self) -> None:
-        if self.recorder.step - self.recorder.flushed >= self.flush_every:
+        if self.recorder.step >= self._next_flush:
             self._flush()
 
     def _flush(self) -> None:
@@ -240,6 +286,9 @@ class Watch:
         metas = rec.take()
         if not metas:
             return
+        self._next_flush = next_flush(metas[-1].step + 1, self.flush_every)
+        if not self._started:
+            self._start_judges()
         host = read_steps(rec.buffer, metas)
         rec.release(metas)
         scalars_lines, layer_lines, hist_lines = [], [], []
@@ -294,6 +343,45 @@ class Watch:
     def _add_finding(self, finding: Finding, step: int | None) -> None:
         self._findings.append(finding)
         self.writer.append("findings", {"step": step, **finding.to_dict()})
+        if not self.quiet:
+            print(finding_line(finding, step), file=sys.stderr, flush=True)
+
+    def _withdraw_finding(self, finding: Finding) -> None:
+        """A detector takes back a finding it raised earlier (it stays in findings.jsonl, the log of what
+        was said when; the final `Report` no longer holds it)."""
+        kept = [f for f in self._findings if f is not finding]
+        if len(kept) < len(self._findings):
+            self._withdrawn.append(finding.id)
+        self._findings = kept
+
+    def _start_judges(self) -> None:
+        """`RunStart` for the detectors, at the first flush (after the first optimizer step, when every
+        watch of this run exists) or at close: the parameters outside this optimizer, which of them
+        another open watch's optimizer holds, and which have moved since the watch started."""
+        self._started = True
+        layout = self.layout
+        held: list[str] = []
+        moved: list[str] = []
+        if layout.outside:
+            others: set[int] = set()
+            for ref in list(_OPEN.values()):
+                w = ref()
+                if w is not None and w is not self and not w.closed:
+                    others.update(id(p) for g in w.optimizer.param_groups for p in g["params"])
+            held = [n for n, p in layout.outside if id(p) in others]
+            if self.recorder.step:
+                moved = [n for n, unchanged in zip(layout.not_in_optimizer, self._outside_unchanged(), strict=True)
+                         if not unchanged]
+        self._held_elsewhere = held
+        self.judges.start(RunStart(outside_optimizer=layout.not_in_optimizer,
+                                   outside_numel=sum(p.numel() for _, p in layout.outside),
+                                   held_elsewhere=held, moved=moved, steps=self.recorder.step,
+                                   num_classes=self.num_classes))
+
+    def _outside_unchanged(self) -> list[bool]:
+        """For each parameter outside the optimizer: is its fingerprint the one it had at the start?"""
+        now = stats.param_fingerprints([p for _, p in self.layout.outside])
+        return stats.to_host((now == self._outside_start).all(1)).tolist()
 
     # ------------------------------------------------------------------ close
     def close(self) -> Report:
@@ -303,6 +391,8 @@ class Watch:
         self.closed = True
         self.failures.guard("flush", self._flush)
         self.hooks.remove()
+        if not self._started:
+            self.failures.guard("run start", self._start_judges)
         if _OPEN.get(self.optimizer) is not None and _OPEN[self.optimizer]() is self:
             del _OPEN[self.optimizer]
         end = self.failures.guard("params-not-in-optimizer", self._run_end) or RunEnd(steps=self.recorder.step)
@@ -326,7 +416,7 @@ class Watch:
         outside = self.layout.outside
         if self._outside_start is None or steps == 0:
             return RunEnd(steps=steps)
-        same = (stats.param_fingerprints([p for _, p in outside]) == self._outside_start).all(1).cpu().tolist()
+        same = self._outside_unchanged()
         stuck = [(n, p) for (n, p), unchanged in zip(outside, same, strict=True) if unchanged]
         with_grad = [n for n, p in stuck if p.grad is not None and bool(p.grad.abs().sum() > 0)]
         return RunEnd(steps=steps, unmoved_outside=[n for n, _ in stuck],
@@ -344,6 +434,7 @@ class Watch:
             "frozen_params": len(layout.frozen),
             "frozen_params_skipped": layout.frozen[:20],
             "params_not_in_optimizer": len(layout.outside),
+            "params_held_by_other_watches": len(self._held_elsewhere),
             "clip_steps": c["clip_steps"],
             "clipped_fraction": (c["clipped_steps"] / c["clip_steps"]) if c["clip_steps"] else None,
             "nonfinite_steps": c["nonfinite_steps"],
@@ -359,6 +450,8 @@ class Watch:
         }
         if layout.frozen:
             info["frozen_note"] = f"{len(layout.frozen)} frozen parameter(s) (requires_grad=False) are not watched"
+        if self._withdrawn:
+            info["withdrawn_findings"] = list(self._withdrawn)
         if self.nan.info is not None:
             info["nan_replay"] = self.nan.info
         if self.recorder.metas:

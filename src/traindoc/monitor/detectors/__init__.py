@@ -9,6 +9,7 @@ nan_loss               nan-loss                                    loss, non-fin
 loss_spike             loss-spike                                  loss
 divergence             divergence                                  loss, non-finite gradients
 loss_plateau           loss-plateau, loss-at-chance                loss, LR, number of classes
+loss_collapse          loss-collapse                               loss, number of classes, batches
 gradient_scale         vanishing-gradients, exploding-gradients    grad norm, per-layer grad norms
 stalled_layers         stalled-layers                              per-layer update/weight ratios
 learning_rate          lr-too-low, lr-too-high                     per-layer ratios and weights, loss
@@ -44,6 +45,7 @@ from traindoc.monitor.detectors.divergence import DivergenceDetector
 from traindoc.monitor.detectors.grad_accum import GradAccumDetector
 from traindoc.monitor.detectors.gradient_scale import GradientScaleDetector
 from traindoc.monitor.detectors.learning_rate import LearningRateDetector
+from traindoc.monitor.detectors.loss_collapse import LossCollapseDetector
 from traindoc.monitor.detectors.loss_plateau import LossPlateauDetector
 from traindoc.monitor.detectors.loss_spike import LossSpikeDetector
 from traindoc.monitor.detectors.nan_loss import NanLossDetector
@@ -56,7 +58,8 @@ from traindoc.monitor.detectors.zero_grad import MissingZeroGradDetector
 
 __all__ = [
     "DETECTOR_TYPES", "AggressiveClippingDetector", "Detector", "DivergenceDetector", "GradAccumDetector",
-    "GradientScaleDetector", "LearningRateDetector", "LossPlateauDetector", "LossSpikeDetector",
+    "GradientScaleDetector", "LearningRateDetector", "LossCollapseDetector", "LossPlateauDetector",
+    "LossSpikeDetector",
     "MissingZeroGradDetector", "NanLossDetector", "ParamsOutsideOptimizerDetector", "RepeatedBatchDetector",
     "RollingWindow", "SchedulerMisuseDetector",
     "StalledLayersDetector", "TrainModeOffDetector", "default_detectors",
@@ -67,6 +70,7 @@ DETECTOR_TYPES: dict[str, type[Detector]] = {
     "loss_spike": LossSpikeDetector,
     "divergence": DivergenceDetector,
     "loss_plateau": LossPlateauDetector,
+    "loss_collapse": LossCollapseDetector,
     "gradient_scale": GradientScaleDetector,
     "stalled_layers": StalledLayersDetector,
     "learning_rate": LearningRateDetector,

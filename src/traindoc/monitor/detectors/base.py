@@ -1,11 +1,17 @@
 """The `Detector` base class and the small streaming statistics the detectors share.
 
-A detector is a pure judge over host-side records: `start(run)` is called once when the watch
-starts, with what is known then (`RunStart`); `update(record)` once per optimizer step, in step
+A detector is a pure judge over host-side records: `start(run)` is called once when the run starts
+(after its first optimizer step, before the first record), with what is known then (`RunStart`);
+`update(record)` once per optimizer step, in step
 order, returning the findings that became certain at that step; `finalize(end)` once at close, with
 what the monitor measured over the whole run (`RunEnd`), returning findings that need the whole run. Detectors keep
 O(window) memory and report each id at most once (a few detectors, once per distinct layer set), so
-a broken run produces a handful of findings, not a flood.
+a broken run produces a handful of findings, not a flood. A detector whose early claim is proved
+wrong later, or replaced by a stronger one, takes it back with `Detector.withdraw` (the final
+`Report` then holds only the later one).
+
+A finding's fix is said once: the detector's own advice, complete and specific to what it proved,
+when it has one; the catalog's generic fix only when it has none (`make_finding`).
 
     >>> w = RollingWindow(5)
     >>> for x in [1.0, 2.0, 3.0, 100.0, 4.0, 5.0]:
@@ -25,13 +31,30 @@ from traindoc.findings import Finding, Severity
 from traindoc.monitor.record import RunEnd, RunStart, StepRecord
 from traindoc.numbers import finite, median, quantile
 
-__all__ = ["Detector", "RollingWindow", "finite", "make_finding", "max_lr", "median", "quantile"]
+__all__ = ["Detector", "RollingWindow", "accumulation_note", "finite", "make_finding", "max_lr", "median",
+           "quantile"]
 
 
 def max_lr(record: StepRecord) -> float | None:
     """The largest finite LR of the record's param groups, None when no LR was recorded."""
     lrs = [x for x in record.lr if finite(x)]
     return max(lrs) if lrs else None
+
+
+def accumulation_note(backward_calls: int) -> str:
+    """What a fix for too large updates must add when each step accumulates several micro-batches: a
+    loss summed over them, not averaged, makes the gradient that many times larger.
+
+    >>> accumulation_note(1)
+    ''
+    >>> accumulation_note(4)[:60]
+    ' Each step accumulates 4 backward passes: if the micro-batch'
+    """
+    if backward_calls <= 1:
+        return ""
+    return (f" Each step accumulates {backward_calls} backward passes: if the micro-batch losses are summed "
+            f"(not divided by {backward_calls}), the gradient is {backward_calls}x too large; divide each "
+            f"micro-batch loss by {backward_calls} first.")
 
 
 class RollingWindow:
@@ -99,13 +122,26 @@ class Detector:
     def finalize(self, end: RunEnd | None = None) -> list[Finding]:
         return []
 
+    def withdraw(self, finding: Finding) -> None:
+        """Take back a finding this detector returned earlier (see the module docstring)."""
+        self.__dict__.setdefault("_withdrawn", []).append(finding)
+
+    def take_withdrawn(self) -> list[Finding]:
+        """The findings withdrawn since the last call (the judges ask after every call)."""
+        return self.__dict__.pop("_withdrawn", [])
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(ids={self.ids})"
 
 
 def make_finding(finding_id: str, severity: Severity, title: str, evidence: dict[str, Any],
                  fix: str = "") -> Finding:
-    """A finding whose fix is the given specific advice followed by the catalog's generic fix."""
-    generic = entry(finding_id).fix
-    full_fix = f"{fix} {generic}".strip() if fix else generic
-    return Finding(finding_id, severity, title, evidence, full_fix)
+    """A finding whose fix is the detector's specific advice when it gives one (complete on its own:
+    it is not followed by the generic text), else the catalog's fix for the id.
+
+    >>> make_finding("missing-zero-grad", "error", "t", {}, "Call `opt.zero_grad()`.").fix
+    'Call `opt.zero_grad()`.'
+    >>> make_finding("missing-zero-grad", "error", "t", {}).fix == entry("missing-zero-grad").fix
+    True
+    """
+    return Finding(finding_id, severity, title, evidence, fix.strip() or entry(finding_id).fix)

@@ -13,6 +13,11 @@ What it computes:
   Severity warning (a statistical judgement).
 * or the loss (or the gradients) non-finite for ``nonfinite_streak`` consecutive steps (default
   10): severity error, the fact is certain.
+
+The fix follows the kind: a run that stays non-finite has NaN weights now (where the NaN was born
+is ``nan-loss``/``nan-forward``'s answer; lowering the LR does not repair weights); a rising loss
+gets the LR to try (10x lower than the LR at the start of the rise), warmup and clipping, and the
+accumulation caveat when each step accumulates several backward passes.
 """
 
 from __future__ import annotations
@@ -20,7 +25,14 @@ from __future__ import annotations
 import math
 
 from traindoc.findings import Finding
-from traindoc.monitor.detectors.base import Detector, RollingWindow, finite, make_finding
+from traindoc.monitor.detectors.base import (
+    Detector,
+    RollingWindow,
+    accumulation_note,
+    finite,
+    make_finding,
+    max_lr,
+)
 from traindoc.monitor.record import StepRecord
 
 
@@ -41,11 +53,14 @@ class DivergenceDetector(Detector):
         self._above_since: int | None = None
         self._bad = 0
         self._bad_since: int | None = None
+        self._lr_at_rise: float | None = None
+        self._backward_calls = 1
         self._fired = False
 
     def update(self, record: StepRecord) -> list[Finding]:
         if self._fired:
             return []
+        self._backward_calls = max(self._backward_calls, record.backward_calls)
         loss = record.loss
         nonfinite = (loss is not None and not math.isfinite(loss)) or record.nonfinite_grads > 0
         if nonfinite:
@@ -60,7 +75,11 @@ class DivergenceDetector(Detector):
                 return [make_finding(
                     "divergence", "error",
                     f"Training diverged: loss/gradients non-finite for {self._bad} consecutive steps "
-                    f"from step {self._bad_since}", evidence)]
+                    f"from step {self._bad_since}", evidence,
+                    f"The run never recovered from the non-finite values of step {self._bad_since}: the weights "
+                    "are NaN/Inf now, and no LR change repairs them. Fix where the NaN was born (the nan-loss "
+                    "and nan-forward findings name the step, the module and the samples), then restart from a "
+                    f"checkpoint taken before step {self._bad_since}.")]
             return []
         self._bad = 0
         if not finite(loss):
@@ -75,6 +94,7 @@ class DivergenceDetector(Detector):
         if m > limit:
             if self._above == 0:
                 self._above_since = record.step
+                self._lr_at_rise = max_lr(record)
             self._above += 1
         else:
             self._above = 0
@@ -84,8 +104,14 @@ class DivergenceDetector(Detector):
                         "window": self.window.size, "sustained_steps": self._above,
                         "best_median": self._best, "best_step": self._best_step,
                         "first_loss": self._first, "last_step": record.step}
+            lr = self._lr_at_rise
+            evidence["lr"] = lr
+            try_lr = f" from {lr:.3g} to ~{lr / 10:.2g}" if lr else " (10x)"
             return [make_finding(
                 "divergence", "warning",
                 f"Loss diverging since step {self._above_since}: rolling median {m:.4g} vs best "
-                f"{self._best:.4g}", evidence)]
+                f"{self._best:.4g}", evidence,
+                f"Lower the LR{try_lr}, warm it up over the first few hundred steps and clip gradients near the "
+                "90th percentile of their norms; in deep transformers, pre-norm blocks (x + f(Norm(x))) are the "
+                "stable form." + accumulation_note(self._backward_calls))]
         return []

@@ -80,5 +80,6 @@ class GradAccumDetector(Detector):
             f"Gradient norm scales with the accumulation count (log-log slope {med:.2f}; averaged "
             f"accumulation gives <= 0): steps with {k} backward calls have norm {g:.3g} vs {g0:.3g} "
             f"with {k0}", evidence,
-            "Divide each micro-batch loss by the number of micro-batches actually accumulated for that "
-            "step (the last group of an epoch is often shorter).")]
+            f"Divide each micro-batch loss by the number of micro-batches accumulated for its optimizer step "
+            f"({k0} on most steps here, {k} on some: the last group of an epoch is often shorter), or by the "
+            "total token count of the accumulated batch; `accelerator.accumulate` does this for you.")]

@@ -20,13 +20,15 @@ Over time (every step, from the global ``grad_norm``): the rolling median of the
 above the threshold means that more than half of the last 10 steps are up there: the growth did not
 recover, it is not one spike.
 
-Both are warnings (statistical judgements), each reported once.
+Both are warnings (statistical judgements), each reported once. The fix follows the basis: across
+depth, the architecture and the initialisation (clipping does not fix a ratio between layers);
+over time, the LR (the one at the step where the growth was seen), warmup and clipping.
 """
 
 from __future__ import annotations
 
 from traindoc.findings import Finding
-from traindoc.monitor.detectors.base import Detector, RollingWindow, finite, make_finding, median
+from traindoc.monitor.detectors.base import Detector, RollingWindow, finite, make_finding, max_lr, median
 from traindoc.monitor.record import StepRecord
 
 
@@ -87,10 +89,16 @@ class GradientScaleDetector(Detector):
                         "window": self.time_window.size, "growth": m / self._min_median,
                         "min_median": self._min_median, "min_step": self._min_step,
                         "basis": "global gradient norm over steps"}
+            lr = max_lr(record)
+            evidence["lr"] = lr
+            lower = f"from {lr:.3g} to ~{lr / 10:.2g}" if lr else "(10x)"
             return [make_finding(
                 "exploding-gradients", "warning",
                 f"Gradient norm grew {m / self._min_median:.3g}x (rolling median {m:.3g} at step "
-                f"{record.step}, was {self._min_median:.3g} at step {self._min_step})", evidence)]
+                f"{record.step}, was {self._min_median:.3g} at step {self._min_step})", evidence,
+                f"The gradients grow step after step: the LR is past what the loss surface allows. Lower it "
+                f"{lower}, warm it up, and clip gradients near the 90th percentile of their norms before the "
+                f"growth ({self._min_median:.3g}-ish here).")]
         return []
 
     def _across_depth(self, record: StepRecord) -> list[Finding]:
@@ -122,8 +130,18 @@ class GradientScaleDetector(Detector):
                     "layer_grad_norm": dict(norms), "basis": "per-layer gradient norms across depth",
                 }
                 word = "shrink" if fid == "vanishing-gradients" else "grow"
+                if fid == "vanishing-gradients":
+                    fix = (f"The first layers ({', '.join(first[:3])}) get {ratio:.1g}x the gradient of the last: "
+                           "they barely learn. Use a non-saturating activation (ReLU/GELU rather than sigmoid or "
+                           "tanh), residual connections and normalisation layers, and an init scaled to the "
+                           "activation (Kaiming for ReLU).")
+                else:
+                    fix = (f"The first layers ({', '.join(first[:3])}) get {ratio:.2g}x the gradient of the last: "
+                           "the initialisation amplifies the signal through depth. Use a variance-preserving "
+                           "init (std ~ 1/sqrt(fan_in): PyTorch's default, Xavier or Kaiming) or add "
+                           "normalisation layers; clipping would only hide it.")
                 found.append(make_finding(
                     fid, "warning",
                     f"Gradients {word} across depth: first-layers/last-layers norm ratio {ratio:.2g} "
-                    f"({first[0]}... vs ...{last[-1]})", evidence))
+                    f"({first[0]}... vs ...{last[-1]})", evidence, fix))
         return found

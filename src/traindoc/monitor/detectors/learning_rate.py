@@ -28,13 +28,24 @@ value once the window is full).
     by a small factor.
 
 Each id is reported once, with the step where the streak began, the ratios, the thresholds and the
-loss medians.
+loss medians. The fix names the LR to try: for ``lr-too-low``, the current one scaled by how far
+the median ratio is from ~1e-3; for ``lr-too-high``, 10x lower first, then down towards that scale.
+When the steps accumulate several backward passes, an ``lr-too-high`` fix says first that a summed
+(not averaged) micro-batch loss inflates the gradient the same way: dividing it is the fix then.
 """
 
 from __future__ import annotations
 
 from traindoc.findings import Finding
-from traindoc.monitor.detectors.base import Detector, RollingWindow, finite, make_finding, max_lr, median
+from traindoc.monitor.detectors.base import (
+    Detector,
+    RollingWindow,
+    accumulation_note,
+    finite,
+    make_finding,
+    max_lr,
+    median,
+)
 from traindoc.monitor.record import StepRecord
 
 
@@ -65,8 +76,10 @@ class LearningRateDetector(Detector):
         self._low: list[tuple[int, float, float | None]] = []  # (step, ratio, loss median)
         self._high: list[tuple[int, float, float | None]] = []
         self._fired: set[str] = set()
+        self._backward_calls = 1
 
     def update(self, record: StepRecord) -> list[Finding]:
+        self._backward_calls = max(self._backward_calls, record.backward_calls)
         lr = max_lr(record)
         if lr is not None:
             self._lr_max = max(self._lr_max, lr)
@@ -123,8 +136,25 @@ class LearningRateDetector(Detector):
             "lr-too-low", "warning",
             f"LR too low: median update/weight ratio {median(ratios):.2g} (healthy ~1e-3) and the loss "
             f"moved {progress:.1%} over steps {streak[0][0]}-{record.step}", evidence,
-            f"The LR ({lr:.3g}) is ~{1e-3 / median(ratios):.0f}x below where updates reach ~1e-3 of the "
-            "weights." if lr else "")]
+            self._raise_fix(lr, median(ratios)))]
+
+    @staticmethod
+    def _raise_fix(lr: float | None, ratio: float) -> str:
+        if not lr:
+            return ""
+        factor = 1e-3 / ratio
+        return (f"Raise the LR from {lr:.3g}: updates would reach ~1e-3 of the weights near {lr * factor:.2g} "
+                f"(~{factor:.0f}x); go up by 3-10x at a time and keep the largest LR whose loss still falls "
+                "smoothly.")
+
+    def _lower_fix(self, lr: float | None, factor: float) -> str:
+        if not lr:
+            return ""
+        advice = (f"Lower the LR from {lr:.3g}: try {lr / 10:.2g} (10x lower) first, with a warmup over the first "
+                  "few hundred steps, and go further down until updates are ~1e-3 of the weights per step "
+                  f"(~{lr / max(factor, 10.0):.2g} at the ratio seen).")
+        note = accumulation_note(self._backward_calls).strip()
+        return f"{note} Otherwise: {advice[0].lower()}{advice[1:]}" if note else advice
 
     def _judge_inflation(self, record: StepRecord, lr: float | None) -> list[Finding]:
         growth = {}
@@ -147,7 +177,7 @@ class LearningRateDetector(Detector):
             "lr-too-high", "warning",
             f"LR too high: the weight norms grew {inflation:.3g}x under updates of up to "
             f"{self._max_ratio:.2g} of the weights per step (healthy ~1e-3)", evidence,
-            f"Try an LR 10-100x lower than {lr:.3g}." if lr else "")]
+            self._lower_fix(lr, self._max_ratio / 1e-3))]
 
     def _judge_high(self, record: StepRecord, lr: float | None) -> list[Finding]:
         self._high = self._high[-64:]
@@ -177,4 +207,4 @@ class LearningRateDetector(Detector):
             "lr-too-high", "warning",
             f"LR too high: median update/weight ratio {median(ratios):.2g} (healthy ~1e-3) at steps "
             f"{recent[0][0]}-{record.step}" + (", loss rising" if rising else ""), evidence,
-            f"Try an LR ~{median(ratios) / 1e-3:.0f}x lower than {lr:.3g}." if lr else "")]
+            self._lower_fix(lr, median(ratios) / 1e-3))]

@@ -17,7 +17,9 @@ not come three in a row, whereas an optimisation spike (the weights were kicked)
 steps.
 
 The first spike is reported (warning) with its step, value, the median, the MAD, the threshold and
-the window. Non-finite losses are left to ``nan-loss``.
+the window. Non-finite losses are left to ``nan-loss``. A spike that lasts a few steps comes from the
+data (a shard of another scale, corrupt samples) as often as from the optimisation, and the monitor
+cannot tell which: the fix names the batches to look at first, then the optimisation remedies.
 """
 
 from __future__ import annotations
@@ -66,8 +68,12 @@ class LossSpikeDetector(Detector):
                 "rel_jump": self.rel_jump, "persist": self.persist, "losses": cand["values"],
                 "jump_ratio": (peak / m) if m > 0 else None,
             }
+            steps = f"{cand['step']}-{record.step}"
             found.append(make_finding(
                 "loss-spike", "warning",
-                f"Loss spike at step {cand['step']}: {peak:.4g} vs rolling median {m:.4g}", evidence))
+                f"Loss spike at step {cand['step']}: {peak:.4g} vs rolling median {m:.4g}", evidence,
+                f"Look at the batches of steps {steps} first: a batch or shard of another scale, corrupt samples "
+                "or wrong labels spike the loss like this. If they are ordinary, the weights were kicked: warm "
+                "up the LR, clip gradients near the 90th percentile of their norms, or lower the LR."))
         self.window.push(loss)
         return found

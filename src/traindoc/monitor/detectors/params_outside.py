@@ -1,22 +1,33 @@
-"""`params-not-in-optimizer` (during training): trainable parameters that no param group holds and
-that never moved.
+"""`params-not-in-optimizer` (during training): trainable parameters that no param group holds, said
+as soon as it is known, and proved at close.
 
-What it computes: when the watch starts, `RunStart.outside_optimizer` names the trainable model
-parameters that the watched optimizer does not hold; the monitor fingerprints them on the device
-(their sum and L2 norm) and compares again at close (`RunEnd.unmoved_outside`). A parameter whose
-fingerprint did not change over at least one optimizer step is stuck: no optimizer updated it —
-the classical "head built after the optimizer, its weights never move". Severity error: the
-parameter is trainable, the run took steps, and it is exactly where it started (proved on the
-user's own run). Parameters that a second optimizer updates moved, and are not reported. The
-evidence lists the stuck parameters and their modules, how many values they hold, and which of
-them hold a non-zero gradient at close (the loss reaches them; only the optimizer is missing).
+What it computes: `RunStart.outside_optimizer` names the trainable model parameters that the
+watched optimizer does not hold; the monitor fingerprints them on the device (their sum and L2
+norm) when the watch starts, and hands the `RunStart` over after the first optimizer step, when
+every watch of the run exists. Two claims, each made when it becomes true:
+
+* at the start (severity warning): the parameters are in no param group of this optimizer, no
+  other open watch's optimizer holds them (`RunStart.held_elsewhere`), and they did not move in the
+  first step(s) (`RunStart.moved`). That is the classical "head built after the optimizer", but it
+  is not yet proved that they never move: an optimizer that is not watched may train them later (a
+  GAN whose discriminator's optimizer is not watched). Parameters held by another watch are that
+  watch's to judge; parameters that already moved have an optimizer.
+* at close (severity error): the parameters' fingerprints did not change over the run
+  (`RunEnd.unmoved_outside`, at least one step): no optimizer updated them, proved on the user's
+  own run. This replaces the start warning (withdrawn, so the final `Report` says it once); if the
+  warned parameters moved after all, the warning is withdrawn and nothing is reported.
+
+The evidence lists the stuck parameters and their modules, how many values they hold, and (at
+close) which of them hold a non-zero gradient (the loss reaches them; only the optimizer is missing).
 
     >>> from traindoc.monitor.record import RunEnd, RunStart
     >>> d = ParamsOutsideOptimizerDetector()
-    >>> d.start(RunStart(outside_optimizer=["head.weight", "head.bias"]))
-    []
-    >>> [f.id for f in d.finalize(RunEnd(steps=5, unmoved_outside=["head.weight", "head.bias"]))]
-    ['params-not-in-optimizer']
+    >>> [(f.id, f.severity) for f in d.start(RunStart(outside_optimizer=["head.weight", "head.bias"], steps=1))]
+    [('params-not-in-optimizer', 'warning')]
+    >>> [(f.id, f.severity) for f in d.finalize(RunEnd(steps=5, unmoved_outside=["head.weight", "head.bias"]))]
+    [('params-not-in-optimizer', 'error')]
+    >>> [f.severity for f in d.take_withdrawn()]
+    ['warning']
 """
 
 from __future__ import annotations
@@ -26,29 +37,66 @@ from traindoc.monitor.detectors.base import Detector, make_finding
 from traindoc.monitor.record import RunEnd, RunStart
 
 
+def _modules(names: list[str]) -> list[str]:
+    return sorted({n.split(" (also ")[0].rsplit(".", 1)[0] if "." in n else "(root)" for n in names})
+
+
+def _fix(modules: list[str], names: list[str]) -> str:
+    shown = ", ".join(f"`{m}`" for m in modules[:3])
+    if modules[0] != "(root)":
+        params = f"model.{modules[0]}.parameters()"
+    else:
+        params = "[" + ", ".join(f"model.{n.split(' (also ')[0]}" for n in names[:3]) + "]"
+    return (f"Build the optimizer after the model is complete (`optimizer = AdamW(model.parameters(), ...)` "
+            f"once {shown} exist), or add them: `optimizer.add_param_group({{'params': {params}}})`. "
+            "If they are frozen on purpose, `requires_grad_(False)` says so.")
+
+
 class ParamsOutsideOptimizerDetector(Detector):
     ids = ("params-not-in-optimizer",)
 
     def __init__(self) -> None:
-        self._outside: list[str] = []
+        self._held: set[str] = set()
+        self._early: Finding | None = None
 
     def start(self, run: RunStart) -> list[Finding]:
-        self._outside = list(run.outside_optimizer)
-        return []
+        self._held = set(run.held_elsewhere)
+        moved = set(run.moved)
+        stuck = [n for n in run.outside_optimizer if n not in self._held and n not in moved]
+        if not stuck or run.steps < 1:
+            return []
+        modules = _modules(stuck)
+        evidence = {"step": 0, "value": len(stuck), "threshold": 0, "window": run.steps,
+                    "checked_steps": run.steps, "modules": modules[:20], "parameters": stuck[:50],
+                    "count": len(stuck), "held_by_other_watches": sorted(self._held)[:50],
+                    "proved": False}
+        shown = ", ".join(modules[:3]) + ("..." if len(modules) > 3 else "")
+        self._early = make_finding(
+            "params-not-in-optimizer", "warning",
+            f"{len(stuck)} trainable parameter(s) in {shown} are in no param group of the watched optimizer "
+            f"(nor of another watched one) and did not move in the first {run.steps} step(s); unless an "
+            "unwatched optimizer trains them, they never will (checked again at close)",
+            evidence, _fix(modules, stuck))
+        return [self._early]
 
     def finalize(self, end: RunEnd | None = None) -> list[Finding]:
-        if end is None or end.steps == 0 or not end.unmoved_outside:
+        if end is None or end.steps == 0:
             return []
-        stuck = end.unmoved_outside
-        modules = sorted({n.rsplit(".", 1)[0] if "." in n else "(root)" for n in stuck})
-        with_grad = end.unmoved_with_grad
+        stuck = [n for n in end.unmoved_outside if n not in self._held]
+        if self._early is not None:
+            self.withdraw(self._early)  # replaced by the proof below, or proved wrong: they moved
+        if not stuck:
+            return []
+        modules = _modules(stuck)
+        with_grad = [n for n in end.unmoved_with_grad if n not in self._held]
         evidence = {"step": end.steps, "value": len(stuck), "threshold": 0, "window": end.steps,
                     "steps": end.steps, "modules": modules[:20], "parameters": stuck[:50],
                     "count": len(stuck), "numel": end.unmoved_outside_numel,
-                    "receiving_gradients": with_grad[:50]}
+                    "receiving_gradients": with_grad[:50], "proved": True,
+                    "first_reported_step": 0 if self._early is not None else None}
         shown = ", ".join(modules[:3]) + ("..." if len(modules) > 3 else "")
         return [make_finding(
             "params-not-in-optimizer", "error",
             f"{len(stuck)} trainable parameter(s) in {shown} are in no param group and never moved in "
             f"{end.steps} steps" + (f" although {len(with_grad)} receive gradients" if with_grad else ""),
-            evidence)]
+            evidence, _fix(modules, stuck))]

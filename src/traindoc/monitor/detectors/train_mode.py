@@ -52,7 +52,11 @@ class TrainModeOffDetector(Detector):
             if self._seen_train else ""
         evidence = {"step": self._since, "value": 0, "threshold": self.steps, "window": self._run,
                     "trained_in_train_mode_before": self._seen_train}
+        fix = ("Call `model.train()` right after each evaluation (or at the start of every training epoch)."
+               if self._seen_train else
+               "Call `model.train()` before the training loop. To keep BatchNorm or dropout fixed on purpose, "
+               "put only those modules in eval mode (`module.eval()`), not the whole model.")
         return [make_finding(
             "train-mode-off", "warning",
             f"The model is in eval mode at optimizer steps from step {self._since}{after}: dropout is off "
-            "and BatchNorm does not learn its statistics", evidence)]
+            "and BatchNorm does not learn its statistics", evidence, fix)]

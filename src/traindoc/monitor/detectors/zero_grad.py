@@ -24,7 +24,8 @@ from traindoc.findings import Finding
 from traindoc.monitor.detectors.base import Detector, finite, make_finding
 from traindoc.monitor.record import StepRecord
 
-_FIX = "Call `optimizer.zero_grad(set_to_none=True)` once per optimizer step (after `step()`)."
+_FIX = ("Call `optimizer.zero_grad(set_to_none=True)` once per optimizer step, right after `optimizer.step()` "
+        "(with gradient accumulation: after the step, not after each micro-batch).")
 
 
 class MissingZeroGradDetector(Detector):
