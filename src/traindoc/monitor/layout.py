@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from traindoc.errors import TraindocInputError
+from traindoc.setup import param_names
 
 MAX_HISTOGRAM_LAYERS = 64
 
@@ -64,11 +65,9 @@ class ParamLayout:
 
     @classmethod
     def build(cls, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> ParamLayout:
-        aliases: dict[int, list[str]] = {}
-        for name, p in model.named_parameters(remove_duplicate=False):
-            aliases.setdefault(id(p), []).append(name)
+        shown = param_names(model)
         plain = list(model.named_parameters())
-        named = [(shown_name(name, aliases[id(p)]), p) for name, p in plain]
+        named = [(shown[id(p)], p) for _, p in plain]
         first_name = {id(p): name for name, p in plain}
         model_ids = {id(p) for _, p in named}
         in_opt: dict[int, int] = {}
@@ -137,18 +136,6 @@ class ParamLayout:
             "frozen_params": len(self.frozen),
             "device": str(self.device),
         }
-
-
-def shown_name(name: str, all_names: Sequence[str]) -> str:
-    """A parameter's name, with the other names the model holds it under.
-
-    >>> shown_name("transformer.wte.weight", ["transformer.wte.weight", "lm_head.weight"])
-    'transformer.wte.weight (also lm_head.weight)'
-    >>> shown_name("0.weight", ["0.weight"])
-    '0.weight'
-    """
-    others = [n for n in all_names if n != name]
-    return f"{name} (also {', '.join(others)})" if others else name
 
 
 def guess_num_classes(model: torch.nn.Module) -> tuple[int | None, str | None]:
