@@ -14,10 +14,12 @@ It keeps the modal count ``k0`` (the most frequent ``backward_calls``), a rollin
 ``events`` = 50 slopes is > ``slope_threshold`` = 0.35 on at least ``min_events`` = 3 such steps.
 A correctly averaged accumulation gives slopes <= 0 up to noise, so it stays quiet.
 
-What is not provable: with a constant count, summing instead of averaging multiplies every
-gradient by the same k, which is indistinguishable from a k-times larger LR; the detector stays
-silent (``lr-too-high`` may speak). Averaging per micro-batch over different *token* counts (seed
-003) needs token counts the records do not carry.
+What these records cannot prove: with a constant count, summing instead of averaging multiplies
+every gradient by the same k, which is indistinguishable from a k-times larger LR; the detector
+stays silent (``lr-too-high`` may speak). Where the loss can be recomputed from the model's own
+output, it is proved another way: the Hugging Face callback compares, on the first micro-batches,
+the loss the model returned with the one the Trainer expects (`traindoc.integrations.hf_accumulation`).
+Averaging per micro-batch over different *token* counts needs token counts the records do not carry.
 """
 
 from __future__ import annotations
