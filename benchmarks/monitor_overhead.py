@@ -9,7 +9,7 @@ load affect both alike. Two watched settings:
 * everything every step: ``every=1, histograms_every=1`` (per-layer norms, update/weight ratios
   and weight+gradient histograms on every step);
 
-and, as the reference the issue names, the bare loop under ``torch.autograd.set_detect_anomaly(True)``
+and, as a reference for what a full-time NaN watch costs, the bare loop under ``torch.autograd.set_detect_anomaly(True)``
 (what people turn on to find a NaN; traindoc instead replays the saved batch only when one appears).
 
 Each round runs ``--steps`` steps; a step's time is measured around forward+backward+clip+step

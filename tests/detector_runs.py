@@ -214,7 +214,7 @@ def _schedule(cfg: RunConfig, opt: torch.optim.Optimizer) -> Any:
 def _optimizer(cfg: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
     head = {id(p) for p in model.head.parameters()}  # type: ignore[union-attr]
     body = [p for p in model.parameters() if id(p) not in head]
-    if cfg.head_outside_optimizer:  # seed 002: the head is in no param group
+    if cfg.head_outside_optimizer:  # the head is in no param group
         groups: list[dict[str, Any]] = [{"params": body}]
     elif cfg.head_lr is not None:
         groups = [{"params": body}, {"params": list(model.head.parameters()), "lr": cfg.head_lr}]  # type: ignore[union-attr]

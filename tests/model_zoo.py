@@ -43,7 +43,7 @@ class MLPWithBN(nn.Module):
 
 
 class DetachedHead(nn.Module):
-    """Seed 002's bug: a custom head that is computed but not connected to the loss."""
+    """A custom head that is computed but not connected to the loss."""
 
     def __init__(self, d_in: int = 8, hidden: int = 16, classes: int = C):
         super().__init__()

@@ -1,4 +1,4 @@
-"""Tiny sequence models for the dependency-probe tests: the seed-000 chatbot (broken and fixed),
+"""Tiny sequence models for the dependency-probe tests: the chatbot whose loss sticks at ~5 (broken and fixed),
 a decoder-only LM with and without a causal mask, and classifiers that pool with or without the
 padding."""
 
@@ -7,14 +7,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from traindoc.demo.model import PositionalEncoding  # the seed's, as the demo builds it
+from traindoc.demo.model import PositionalEncoding  # as the demo's chatbot builds it
 
 V, E, H = 50, 32, 4
 EOS = 0  # pad == eos, as GPT-2's tokenizer gives
 
 
-class Seed000Chatbot(nn.Module):
-    """The seed-000 `languageModel`; `fixed=True` is the corrected twin."""
+class StuckChatbot(nn.Module):
+    """The chatbot whose loss sticks at ~5 (nn.Transformer at batch_first=False fed (B, T, E), no causal
+    mask, HF masks as key-padding masks); `fixed=True` is the corrected twin."""
 
     def __init__(self, fixed: bool = False, *, causal: bool | None = None, batch_first: bool | None = None,
                  invert_masks: bool | None = None):
@@ -47,9 +48,9 @@ class Seed000Chatbot(nn.Module):
         return self.fin(out)
 
 
-def seed000_batch(B: int = 4, T: int = 8, seed: int = 0) -> dict[str, torch.Tensor]:
+def chatbot_batch(B: int = 4, T: int = 8, seed: int = 0) -> dict[str, torch.Tensor]:
     """input_ids (prompt + eos, padded with eos), attention_mask, target_inputs (eos + reply),
-    target_labels (reply + eos), target_attention_mask — as the seed's loop builds them."""
+    target_labels (reply + eos), target_attention_mask — as a hand-written seq2seq loop often builds them."""
     g = torch.Generator().manual_seed(seed)
     input_ids = torch.full((B, T), EOS)
     attention_mask = torch.zeros(B, T, dtype=torch.long)
@@ -70,8 +71,8 @@ def seed000_batch(B: int = 4, T: int = 8, seed: int = 0) -> dict[str, torch.Tens
             "target_labels": tlab, "target_attention_mask": tmask}
 
 
-def seed000_forward(broken_layout: bool):
-    """The seed's call: masks transposed (1, 0) for the broken model, as its loop does."""
+def chatbot_forward(broken_layout: bool):
+    """The broken loop's call: masks transposed (1, 0) to fit batch_first=False."""
 
     def forward(model, b):
         em, dm = b["attention_mask"], b["target_attention_mask"]
@@ -82,8 +83,8 @@ def seed000_forward(broken_layout: bool):
     return forward
 
 
-def seed000_loss(out, b):
-    """The seed's loss: every eos target (= every pad, and the real end) dropped."""
+def chatbot_loss(out, b):
+    """The broken loop's loss: every eos target (= every pad, and the real end) dropped."""
     targets = b["target_labels"]
     mask = targets != EOS
     return nn.functional.cross_entropy(out.reshape(-1, V)[mask.view(-1)], targets[mask].view(-1))

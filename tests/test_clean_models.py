@@ -27,8 +27,8 @@ def _plain_lm():
 
 
 def _seq2seq():
-    return dict(model=seq_models.Seed000Chatbot(fixed=True), batch=seq_models.seed000_batch(),
-                forward=seq_models.seed000_forward(False), loss_fn=seq_models.fixed_loss)
+    return dict(model=seq_models.StuckChatbot(fixed=True), batch=seq_models.chatbot_batch(),
+                forward=seq_models.chatbot_forward(False), loss_fn=seq_models.fixed_loss)
 
 
 def _classifier():

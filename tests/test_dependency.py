@@ -9,14 +9,14 @@ from torch import nn
 import traindoc
 from seq_models import (
     PoolingClassifier,
-    Seed000Chatbot,
+    StuckChatbot,
     TinyDecoderLM,
+    chatbot_batch,
+    chatbot_forward,
+    chatbot_loss,
     fixed_loss,
     lm_batch,
     lm_loss,
-    seed000_batch,
-    seed000_forward,
-    seed000_loss,
 )
 
 DEPENDENCY = ["batch-mixing", "causal-leak", "padding-leak"]
@@ -32,8 +32,8 @@ def run(model, batch, **kw):
     return traindoc.check(model, batch, probes=DEPENDENCY, **kw)
 
 
-def test_seed000_broken_chatbot_shows_all_three_bugs():
-    report = run(Seed000Chatbot(fixed=False), seed000_batch(), forward=seed000_forward(True), loss_fn=seed000_loss)
+def test_chatbot_broken_chatbot_shows_all_three_bugs():
+    report = run(StuckChatbot(fixed=False), chatbot_batch(), forward=chatbot_forward(True), loss_fn=chatbot_loss)
     assert set(report.ids) == set(DEPENDENCY)
     mixing = report.get("batch-mixing")[0]
     assert mixing.severity == "error"
@@ -50,16 +50,16 @@ def test_seed000_broken_chatbot_shows_all_three_bugs():
     assert all(o["transposed"] for o in observed)
 
 
-def test_seed000_fixed_chatbot_is_clean():
-    report = run(Seed000Chatbot(fixed=True), seed000_batch(), forward=seed000_forward(False), loss_fn=fixed_loss)
+def test_chatbot_fixed_chatbot_is_clean():
+    report = run(StuckChatbot(fixed=True), chatbot_batch(), forward=chatbot_forward(False), loss_fn=fixed_loss)
     assert report.ids == []
     assert report.info["task"] == "seq2seq"
     assert report.info["passes"] == {"forward": 1, "backward": 2}
 
 
 def test_missing_tgt_mask_is_proved_by_gradient_when_layout_is_right():
-    model = Seed000Chatbot(fixed=True, causal=False)
-    report = run(model, seed000_batch(), forward=seed000_forward(False), loss_fn=fixed_loss)
+    model = StuckChatbot(fixed=True, causal=False)
+    report = run(model, chatbot_batch(), forward=chatbot_forward(False), loss_fn=fixed_loss)
     assert report.ids == ["causal-leak"]
     ev = report.get("causal-leak")[0].evidence
     assert ev["max_abs_grad_future"] > 0 and ev["future_positions_seen_count"] >= 5
@@ -67,8 +67,8 @@ def test_missing_tgt_mask_is_proved_by_gradient_when_layout_is_right():
 
 
 def test_inverted_key_padding_mask_with_right_layout():
-    model = Seed000Chatbot(fixed=True, invert_masks=True)
-    report = run(model, seed000_batch(), forward=seed000_forward(False), loss_fn=fixed_loss)
+    model = StuckChatbot(fixed=True, invert_masks=True)
+    report = run(model, chatbot_batch(), forward=chatbot_forward(False), loss_fn=fixed_loss)
     assert report.ids == ["padding-leak"]
     f = report.get("padding-leak")[0]
     assert f.evidence["dependency_on_pads"][0]["max_abs_grad_at_pads"] > 0

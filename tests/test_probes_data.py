@@ -63,7 +63,7 @@ def data_ids(report) -> set[str]:
 
 # ------------------------------------------------------------------------------ label-out-of-range
 def test_hf_bert_label_2_with_two_classes_is_out_of_range(bert_tok):
-    """Seed 001 (HF course): num_labels=2 and some labels are 2."""
+    """The Hugging Face course's NaN loss: num_labels=2 and some labels are 2."""
     labels = [0, 1, 2, 0, 2, 1]
     batch = classification_encoding(bert_tok, labels)
     report = data_check(tiny_bert_classifier(bert_tok, num_labels=2), batch)
@@ -253,9 +253,9 @@ def test_hf_t5_healthy_and_autoencoder_are_clean(bert_tok):
     assert data_ids(report) == set()
 
 
-# ---------------------------------------------------------------------------- seed 000 (the demo model)
+# ---------------------------------------------------------------------------- the demo's chatbot
 @pytest.fixture(scope="module")
-def seed000():
+def chatbot():
     from traindoc.demo.data import build_batch, train_tokenizer
 
     tok = train_tokenizer(SENTENCES * 5, vocab_size=400)
@@ -270,10 +270,10 @@ def _demo_model(tok, fixed: bool):
     return (FixedLanguageModel if fixed else BrokenLanguageModel)(cfg)
 
 
-def test_seed000_loss_that_drops_eos_targets(seed000):
+def test_chatbot_loss_that_drops_eos_targets(chatbot):
     from traindoc.demo.model import seed_loss
 
-    tok, batch = seed000
+    tok, batch = chatbot
     report = data_check(
         _demo_model(tok, fixed=False), batch,
         forward=lambda m, b: m(b["input_ids"], b["target_inputs"], None, b["attention_mask"].T,
@@ -295,10 +295,10 @@ def test_seed000_loss_that_drops_eos_targets(seed000):
     assert sample["label"].startswith(f"a dog ran in the park<|endoftext|> [pad labelled {tok.eos_token_id} ×")
 
 
-def test_seed000_fixed_loss_is_clean(seed000):
+def test_chatbot_fixed_loss_is_clean(chatbot):
     from traindoc.demo.model import reply_token_loss
 
-    tok, batch = seed000
+    tok, batch = chatbot
     report = traindoc.check(
         _demo_model(tok, fixed=True), batch,
         forward=lambda m, b: m(b["input_ids"], b["target_inputs"], None, b["attention_mask"],
@@ -365,9 +365,9 @@ def test_whole_check_on_a_padded_lm_with_a_masked_per_token_loss_costs_one_forwa
     assert report.info["passes"] == {"forward": 1, "backward": 3}
 
 
-def test_seed000_variant_that_zero_weights_eos_after_the_call(seed000):
-    """The seed's mask applied as a weight on per-token losses: still no EOS reaches the loss."""
-    tok, batch = seed000
+def test_chatbot_variant_that_zero_weights_eos_after_the_call(chatbot):
+    """The chatbot's mask applied as a weight on per-token losses: still no EOS reaches the loss."""
+    tok, batch = chatbot
 
     def loss_fn(out, b):
         per_token = F.cross_entropy(out.reshape(-1, out.shape[-1]), b["target_labels"].reshape(-1),

@@ -1,5 +1,5 @@
 """Detectors judged through the real `traindoc.watch` on tiny training runs (bug -> finding, healthy
-twin -> nothing): seed 002's head that never moves, eval mode left on, a schedule stepped per batch."""
+twin -> nothing): a head that never moves, eval mode left on, a schedule stepped per batch."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ def train(tmp_path, *, head_after_optimizer=False, eval_after=None, head_lr=None
     torch.manual_seed(0)
     torch.set_num_threads(1)
     model = Classifier()
-    if head_after_optimizer:  # seed 002: the optimizer was built before the head was replaced
+    if head_after_optimizer:  # the optimizer was built before the head was replaced
         opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
         model.head = nn.Linear(32, 3)
     elif head_lr is not None:
