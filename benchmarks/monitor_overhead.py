@@ -69,7 +69,8 @@ def train_round(model: nn.Module, opt: torch.optim.Optimizer, batches: list[torc
     anomaly = watch_kwargs is not None and watch_kwargs.get("anomaly", False)
     if anomaly:  # the reference point: torch's own NaN hunter, on every step
         watch_kwargs = None
-    w = traindoc.watch(model, opt, run_dir=tempfile.mkdtemp(prefix="traindoc-bench-"), **watch_kwargs) \
+    w = traindoc.watch(model, opt, run_dir=tempfile.mkdtemp(prefix="traindoc-bench-"), quiet=True,
+                       **watch_kwargs) \
         if watch_kwargs is not None else None
     previous = torch.is_anomaly_enabled()
     torch.autograd.set_detect_anomaly(anomaly)
