@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="traindoc", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="diagnose and fix the seed-000 chatbot (nn.Transformer stuck at loss ~5)")
+    demo = sub.add_parser("demo", help="diagnose and fix a chatbot whose loss sticks at ~5 (a misused nn.Transformer)")
     demo.add_argument("--steps", type=int, default=None, help="training steps for each of the two models")
     demo.add_argument("--out", default="traindoc-demo", help="folder for the loss-curve files")
     demo.add_argument("--json", default=None, metavar="PATH", help="write the check's report as JSON")
