@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--steps", type=int, default=None, help="training steps for each of the two models")
     demo.add_argument("--out", default="traindoc-demo", help="folder for the loss-curve files")
     demo.add_argument("--json", default=None, metavar="PATH", help="write the check's report as JSON")
-    demo.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    demo.add_argument("--threads", type=int, default=None, help="torch threads (default 1: 2 threads on 2 busy cores are slower)")
     demo.set_defaults(func=_cmd_demo)
 
     report = sub.add_parser("report", help="render a run directory as one self-contained HTML file")
