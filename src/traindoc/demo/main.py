@@ -36,8 +36,10 @@ from traindoc.report.html import write_html_report
 DEMO_DEPENDENCIES = ("chitchat_dataset", "tokenizers", "plotly")
 INSTALL_HINT = "pip install 'traindoc[demo]'"
 
-DEFAULT_STEPS = 500  # the broken model is on its plateau by then (see README for the times measured)
-DEFAULT_THREADS = 1  # on 2 cores, 2 torch threads run ~8x slower as soon as another process takes a core
+DEFAULT_STEPS = 600  # the broken model is on its plateau by then; the fixed one stops its replies
+# On 2 cores, 2 torch threads were 1.3x faster than 1 on an idle machine, but 2.4x (up to 10x) slower
+# as soon as another process took a core.
+DEFAULT_THREADS = 1
 BATCH_SIZE = 32
 BLOCK_SIZE = 24
 VOCAB_SIZE = 1000
@@ -262,7 +264,7 @@ def _print_replies(console: Any, twins: tuple, tok: Any, block_size: int) -> lis
                                         MAX_REPLY_TOKENS)
             row[twin.name] = {"reply": tok.decode(ids), "stopped_at_eos": stopped}
             mark = "[green]stopped at EOS[/green]" if stopped else f"[red]no EOS in {len(ids)} tokens[/red]"
-            cells.append(f"{escape(tok.decode(ids))}\n{mark}")
+            cells.append(f"{escape(row[twin.name]['reply'])}\n{mark}")
         table.add_row(*cells)
         rows.append(row)
     console.print(table)
