@@ -1,11 +1,12 @@
-"""The seed-000 demo: data and tokenizer, the broken and fixed models (checked with autograd directly,
-not through traindoc's probes), and an end-to-end smoke run of `traindoc demo`."""
+"""`traindoc demo`: data and tokenizer, the broken and fixed chatbots (checked with autograd directly,
+not through traindoc's probes), and an end-to-end smoke run of a shrunken demo."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -19,12 +20,12 @@ from traindoc.demo.model import (  # noqa: E402
     BrokenLanguageModel,
     FixedLanguageModel,
     ModelConfig,
-    reply_token_loss,
-    seed_loss,
-)
-from traindoc.demo.train import (  # noqa: E402
     broken_forward,
     fixed_forward,
+    loss_without_eos_targets,
+    reply_token_loss,
+)
+from traindoc.demo.train import (  # noqa: E402
     greedy_reply,
     heldout_loss,
     prompt_dependence,
@@ -68,7 +69,7 @@ def test_tokenizer_pads_with_eos_like_gpt2(data):
     assert all(0 < len(p) < BLOCK and 0 < len(r) < BLOCK for p, r in data.train_pairs)
 
 
-def test_batch_layout_matches_the_seed(data, batch):
+def test_batch_layout_pads_with_eos_and_shifts_targets(data, batch):
     eos = data.tokenizer.eos_token_id
     assert set(batch) == {"input_ids", "attention_mask", "target_inputs", "target_labels", "target_attention_mask"}
     for value in batch.values():
@@ -91,12 +92,12 @@ def test_build_batch_rejects_pairs_longer_than_the_block(data):
         build_batch([([1] * BLOCK, [2])], data.tokenizer, BLOCK)
 
 
-def test_seed_loss_drops_every_eos_and_the_fixed_loss_keeps_the_first(data, batch):
+def test_broken_loss_drops_every_eos_and_the_fixed_loss_keeps_the_first(data, batch):
     eos = data.tokenizer.eos_token_id
     logits = torch.zeros(6, BLOCK, data.tokenizer.vocab_size)
     logits[..., eos] = 10.0  # a model that only says EOS
     n_reply_eos = int(batch["target_attention_mask"].sum())
-    words_only = float(seed_loss(logits, batch, eos))
+    words_only = float(loss_without_eos_targets(logits, batch, eos))
     assert words_only > 9  # every EOS target is out: only real reply tokens, each at ~10
     eos_ce = math.log(math.exp(10.0) + logits.size(-1) - 1) - 10.0  # one EOS target per reply, ~0
     n_words = n_reply_eos - 6
@@ -169,7 +170,7 @@ def test_broken_model_cannot_tell_its_own_prompt_from_the_others(data, batch):
     assert not torch.equal(shuffled["input_ids"], batch["input_ids"])
     keep = batch["target_attention_mask"]
     with torch.no_grad():
-        # the seed's decoder reads the batch's prompts as one unordered set: giving every sample another
+        # the broken decoder reads the batch's prompts as one unordered set: giving every sample another
         # sample's prompt changes nothing
         torch.testing.assert_close(broken_forward(broken, shuffled), broken_forward(broken, batch),
                                    atol=1e-5, rtol=1e-5)
@@ -199,10 +200,10 @@ def test_greedy_reply_stops_at_eos_and_heldout_loss_is_finite(data, batch):
     fixed = FixedLanguageModel(tiny_config(data))
     with torch.no_grad():
         fixed.fin.bias[eos] = 100.0
-    assert greedy_reply(fixed, fixed_forward, [5, 6, 7], eos, BLOCK) == ([], True)
+    assert greedy_reply(fixed, fixed_forward, [5, 6, 7], data.tokenizer, BLOCK) == ([], True)
     with torch.no_grad():
         fixed.fin.bias[eos] = -100.0
-    ids, stopped = greedy_reply(fixed, fixed_forward, [5, 6, 7], eos, BLOCK, max_new_tokens=5)
+    ids, stopped = greedy_reply(fixed, fixed_forward, [5, 6, 7], data.tokenizer, BLOCK, max_new_tokens=5)
     assert len(ids) == 5 and not stopped and eos not in ids
     assert fixed.training  # train mode restored
     # the held-out metric scores the EOS ending each of the 6 replies: each costs > 100 nats now
@@ -220,23 +221,70 @@ def test_missing_optional_dependency_exits_2_with_the_install_hint(monkeypatch, 
     assert not any(tmp_path.iterdir())
 
 
-def test_demo_end_to_end_small(tmp_path):
+def _small_demo(tmp_path, console):
+    return demo_main.run_demo(steps=6, out_dir=tmp_path / "out", json_path=tmp_path / "report.json",
+                              console=console, max_conversations=200,
+                              model_config={"n_embd": 16, "n_head": 2, "n_layer": 1, "dim_feedforward": 32})
+
+
+def test_demo_end_to_end_small_with_its_output_sent_to_a_log(tmp_path):
+    import io
+
     from rich.console import Console
 
-    console = Console(record=True, width=140, force_terminal=False)
-    json_path = tmp_path / "report.json"
-    rc = demo_main.run_demo(steps=6, out_dir=tmp_path / "out", json_path=json_path, threads=1,
-                            console=console, max_conversations=200,
-                            model_config={"n_embd": 16, "n_head": 2, "n_layer": 1, "dim_feedforward": 32})
-    text = console.export_text()
+    from traindoc.cli import build_parser
+
+    log = io.StringIO()  # what `traindoc demo > log.txt` writes to: not a terminal
+    console = Console(file=log, width=140)
+    assert not console.is_terminal
+    torch.set_num_threads(2)
+    try:
+        rc = _small_demo(tmp_path, console)
+        assert torch.get_num_threads() == 2  # restored
+    finally:
+        torch.set_num_threads(1)
+    text = log.getvalue()
+    # traindoc.check found the four bugs of the broken model and none in the fixed one
+    assert rc == 0, text
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert set(demo_main.EXPECTED) <= {f["id"] for f in report["findings"]}
+    # plain progress lines, one every ~10% of the steps (6 steps: every step), no live display
+    lines = [line for line in text.splitlines() if line.startswith("step ")]
+    assert len(lines) == 6, lines
+    assert re.fullmatch(r"step 6/6  train loss: broken \d+\.\d{3}, fixed \d+\.\d{3}  \d+ s", lines[-1])
+    assert "\x1b[" not in text
     html = tmp_path / "out" / "loss_curves.html"
     assert html.exists() and "plotly" in html.read_text()[:5000].lower()
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["steps"] == 6
+    # one torch thread by default (the CLI's too): two fall off a cliff when another process takes a core
+    assert summary["threads"] == demo_main.DEFAULT_THREADS == 1
+    assert build_parser().parse_args(["demo"]).threads is None
+    demo_help = build_parser()._subparsers._group_actions[0].choices["demo"].format_help()  # noqa: SLF001
+    assert f"(default {demo_main.DEFAULT_STEPS})" in demo_help and "(default 1:" in demo_help
     for name in ("broken", "fixed"):
         assert math.isfinite(summary[name]["heldout_loss"])
-        assert len(summary[name]["heldout"]) >= 2
+        assert [s for s, _ in summary[name]["heldout"]] == [0, 1, 2, 3, 4, 5, 6]
+        assert (tmp_path / "out" / f"run-{name}" / "report.html").exists()
+        assert f"traindoc.watch({name})" in text
     assert len(summary["replies"]) == len(demo_main.PROMPTS)
     assert "greedy replies" in text and "held-out loss" in text
-    assert rc == 0
-    assert "findings" in json.loads(json_path.read_text())
+    assert "seed" not in text.lower()
+
+
+def test_training_shows_a_progress_bar_on_a_terminal(data, tmp_path):
+    import io
+
+    from rich.console import Console
+
+    from traindoc.demo.train import make_twins
+
+    screen = io.StringIO()
+    console = Console(file=screen, width=140, force_terminal=True)
+    twins = make_twins(tiny_config(data), data.tokenizer.eos_token_id, lr=1e-3)
+    demo_main._train(console, twins, data.batches(4, 6), data.heldout_batches(6, 1), tmp_path)
+    text = screen.getvalue()
+    assert "\x1b[" in text and "train loss: broken" in text and "4/4" in text
+    assert not re.search(r"^step \d+/4  train loss", text, flags=re.M)  # no plain log lines
+    assert all(len(t.train_losses) == 4 and len(t.heldout) == 5 for t in twins)
+    assert all(t.watch_report is not None and (tmp_path / f"run-{t.name}" / "report.json").exists() for t in twins)

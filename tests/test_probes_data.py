@@ -271,14 +271,14 @@ def _demo_model(tok, fixed: bool):
 
 
 def test_chatbot_loss_that_drops_eos_targets(chatbot):
-    from traindoc.demo.model import seed_loss
+    from traindoc.demo.model import loss_without_eos_targets
 
     tok, batch = chatbot
     report = data_check(
         _demo_model(tok, fixed=False), batch,
         forward=lambda m, b: m(b["input_ids"], b["target_inputs"], None, b["attention_mask"].T,
                                b["target_attention_mask"].T),
-        loss_fn=lambda out, b: seed_loss(out, b, tok.eos_token_id), tokenizer=tok)
+        loss_fn=lambda out, b: loss_without_eos_targets(out, b, tok.eos_token_id), tokenizer=tok)
     assert data_ids(report) == {"pad-equals-eos"}
     [f] = report.get("pad-equals-eos")
     assert f.severity == "error"

@@ -173,11 +173,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="print traindoc's version and exit")
     sub = parser.add_subparsers(dest="command", required=True, title="commands", metavar="COMMAND")
 
-    demo = sub.add_parser("demo", help="diagnose and fix the seed-000 chatbot (nn.Transformer stuck at loss ~5)")
-    demo.add_argument("--steps", type=int, default=None, help="training steps for each of the two models")
-    demo.add_argument("--out", default="traindoc-demo", help="folder for the loss-curve files")
-    demo.add_argument("--json", default=None, metavar="PATH", help="write the check's report as JSON")
-    demo.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    demo = sub.add_parser("demo", help="diagnose and fix a chatbot whose loss sticks at ~5 (a misused nn.Transformer)")
+    demo.add_argument("--steps", type=int, default=None,
+                      help="training steps for each of the two models (default 600)")
+    demo.add_argument("--out", default="traindoc-demo",
+                      help="folder for the two run directories, the loss curves and the summary (default traindoc-demo)")
+    demo.add_argument("--json", default=None, metavar="PATH",
+                      help="also write the check's report on the broken model as JSON (default: no JSON)")
+    demo.add_argument("--threads", type=int, default=None,
+                      help="torch threads (default 1: on 2 cores that are busy, 2 threads are slower)")
     demo.set_defaults(func=_cmd_demo)
 
     report = sub.add_parser(

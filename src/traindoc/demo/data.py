@@ -1,8 +1,8 @@
-"""The demo's data: chit-chat (prompt, reply) pairs, a GPT-2-style tokenizer trained locally, and
-batches built exactly the way the seed-000 author built them.
+"""The demo's data: chit-chat (prompt, reply) pairs, a GPT-2-style tokenizer trained here, and
+batches padded the way the chatbot's author padded them.
 
-A batch is a dict of ``(B, T)`` tensors, every one padded to the same block size ``T`` (the seed's
-``nn.Transformer`` with ``batch_first=False`` needs encoder and decoder to share dimension 1):
+A batch is a dict of ``(B, T)`` tensors, all padded to the same block size ``T`` (the broken
+model's ``nn.Transformer`` with ``batch_first=False`` needs encoder and decoder to share dim 1):
 
 - ``input_ids``: prompt + EOS, padded with EOS (pad == EOS, as with GPT-2);
 - ``attention_mask``: True on the real tokens of ``input_ids`` (the Hugging Face polarity, kept as
@@ -29,31 +29,17 @@ from typing import Any
 import torch
 
 EOS = "<|endoftext|>"
-
-
-class MissingDemoDependency(ImportError):
-    """An optional package the demo needs is not installed."""
-
-
-def _require(module: str) -> Any:
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError as e:
-        raise MissingDemoDependency(module) from e
+Pair = tuple[list[int], list[int]]  # (prompt ids, reply ids)
 
 
 class DemoTokenizer:
-    """A tiny Hugging Face-like face on a `tokenizers.Tokenizer`: GPT-2's single special token
-    ``<|endoftext|>`` serves as BOS, EOS and PAD."""
+    """The few attributes of a Hugging Face tokenizer that the demo and `traindoc.check` read, on a
+    `tokenizers.Tokenizer`. GPT-2's one special token ``<|endoftext|>`` is BOS, EOS and PAD."""
 
-    def __init__(self, tokenizer: Any):
-        self.backend = tokenizer
-        self.eos_token = self.bos_token = self.pad_token = EOS
-        self.eos_token_id = self.bos_token_id = self.pad_token_id = tokenizer.token_to_id(EOS)
-        self.all_special_ids = [self.eos_token_id]
-        self.all_special_tokens = [EOS]
+    def __init__(self, backend: Any):
+        self.backend = backend
+        self.eos_token = EOS
+        self.eos_token_id = self.bos_token_id = self.pad_token_id = backend.token_to_id(EOS)
 
     @property
     def vocab_size(self) -> int:
@@ -65,29 +51,14 @@ class DemoTokenizer:
     def encode(self, text: str) -> list[int]:
         return self.backend.encode(text).ids
 
-    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        return [e.ids for e in self.backend.encode_batch(list(texts))]
-
-    def decode(self, ids: Iterable[int] | torch.Tensor, skip_special_tokens: bool = False) -> str:
-        if isinstance(ids, torch.Tensor):
-            ids = ids.tolist()
+    def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
         return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
-    def batch_decode(self, sequences: Iterable[Any], skip_special_tokens: bool = False) -> list[str]:
-        return [self.decode(s, skip_special_tokens=skip_special_tokens) for s in sequences]
 
-    def convert_ids_to_tokens(self, ids: int | Iterable[int]) -> str | list[str]:
-        if isinstance(ids, int):
-            return self.backend.id_to_token(ids)
-        return [self.backend.id_to_token(int(i)) for i in ids]
-
-    def __repr__(self) -> str:
-        return f"DemoTokenizer(vocab_size={self.vocab_size}, eos=pad={self.eos_token_id})"
-
-
-def train_tokenizer(texts: Iterable[str], vocab_size: int = 2000) -> DemoTokenizer:
+def train_tokenizer(texts: Iterable[str], vocab_size: int = 1000) -> DemoTokenizer:
     """Train a byte-level BPE tokenizer (GPT-2's scheme) on `texts`, in memory."""
-    tk = _require("tokenizers")
+    import tokenizers as tk
+
     tokenizer = tk.Tokenizer(tk.models.BPE())
     tokenizer.pre_tokenizer = tk.pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = tk.decoders.ByteLevel()
@@ -98,41 +69,36 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 2000) -> DemoTokeniz
 
 
 def load_conversations() -> list[list[str]]:
-    """The Chit-Chat Challenge conversations (~7k, a stand-in for DailyDialog), one list of messages each."""
-    ccc = _require("chitchat_dataset")
-    return [[m.strip() for m in conv] for conv in ccc.ConversationDataset()]
+    """The Chit-Chat Challenge conversations (~7k, a stand-in for DailyDialog), each a list of messages."""
+    import chitchat_dataset
+
+    return [[m.strip() for m in conv] for conv in chitchat_dataset.ConversationDataset()]
 
 
-Pair = tuple[list[int], list[int]]
-
-
-def build_batch(pairs: Sequence[Pair], tok: DemoTokenizer, block_size: int) -> dict[str, torch.Tensor]:
-    """Pad token-id pairs into the seed's batch (see the module docstring). Prompts and replies must be
-    at most ``block_size - 1`` tokens long."""
+def build_batch(pairs: Sequence[Pair], tok: Any, block_size: int) -> dict[str, torch.Tensor]:
+    """Pad (prompt, reply) id pairs into one batch (see the module docstring). Prompts and replies
+    must be at most ``block_size - 1`` tokens long. Reads only ``tok.eos_token_id``."""
     eos = tok.eos_token_id
     n = len(pairs)
-    input_ids = torch.full((n, block_size), eos, dtype=torch.long)
-    target_inputs = torch.full((n, block_size), eos, dtype=torch.long)
-    target_labels = torch.full((n, block_size), eos, dtype=torch.long)
-    attention_mask = torch.zeros((n, block_size), dtype=torch.bool)
-    target_attention_mask = torch.zeros((n, block_size), dtype=torch.bool)
+    batch = {key: torch.full((n, block_size), eos, dtype=torch.long)
+             for key in ("input_ids", "target_inputs", "target_labels")}
+    batch["attention_mask"] = torch.zeros((n, block_size), dtype=torch.bool)
+    batch["target_attention_mask"] = torch.zeros((n, block_size), dtype=torch.bool)
     for i, (prompt, reply) in enumerate(pairs):
         if len(prompt) >= block_size or len(reply) >= block_size:
             raise ValueError(f"pair {i} is longer than block_size - 1 = {block_size - 1} tokens")
-        src = [*prompt, eos]
-        input_ids[i, : len(src)] = torch.tensor(src)
-        attention_mask[i, : len(src)] = True
-        tin = [eos, *reply]
-        target_inputs[i, : len(tin)] = torch.tensor(tin)
-        target_labels[i, : len(tin)] = torch.tensor([*reply, eos])
-        target_attention_mask[i, : len(tin)] = True
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "target_inputs": target_inputs,
-            "target_labels": target_labels, "target_attention_mask": target_attention_mask}
+        src, tgt = len(prompt) + 1, len(reply) + 1
+        batch["input_ids"][i, :src] = torch.tensor([*prompt, eos])
+        batch["attention_mask"][i, :src] = True
+        batch["target_inputs"][i, :tgt] = torch.tensor([eos, *reply])
+        batch["target_labels"][i, :tgt] = torch.tensor([*reply, eos])
+        batch["target_attention_mask"][i, :tgt] = True
+    return batch
 
 
 @dataclass
 class DemoData:
-    """Tokenizer, encoded training pairs and held-out pairs (from other conversations)."""
+    """The tokenizer, the training pairs and the held-out pairs (from other conversations)."""
 
     tokenizer: DemoTokenizer
     train_pairs: list[Pair]
@@ -140,42 +106,40 @@ class DemoData:
     block_size: int
 
     def batches(self, n_batches: int, batch_size: int, seed: int = 0) -> list[dict[str, torch.Tensor]]:
-        """`n_batches` training batches in a fixed shuffled order (epochs wrap around)."""
+        """`n_batches` training batches in a fixed shuffled order (a new epoch reshuffles)."""
         rng = random.Random(seed)
         order: list[int] = []
         out = []
         for _ in range(n_batches):
             if len(order) < batch_size:
-                fresh = list(range(len(self.train_pairs)))
-                rng.shuffle(fresh)
-                order += fresh
+                epoch = list(range(len(self.train_pairs)))
+                rng.shuffle(epoch)
+                order += epoch
             idx, order = order[:batch_size], order[batch_size:]
             out.append(build_batch([self.train_pairs[i] for i in idx], self.tokenizer, self.block_size))
         return out
 
     def heldout_batches(self, batch_size: int, n_batches: int) -> list[dict[str, torch.Tensor]]:
+        """Up to `n_batches` full held-out batches (one smaller batch when there are fewer pairs)."""
         pairs = self.heldout_pairs[: batch_size * n_batches]
-        return [build_batch(pairs[i: i + batch_size], self.tokenizer, self.block_size)
-                for i in range(0, len(pairs) - batch_size + 1, batch_size)]
+        size = min(batch_size, len(pairs)) or 1
+        return [build_batch(pairs[i: i + size], self.tokenizer, self.block_size)
+                for i in range(0, len(pairs) - size + 1, size)]
 
 
-def prepare_data(block_size: int = 24, vocab_size: int = 2000, max_conversations: int | None = None,
+def prepare_data(block_size: int = 24, vocab_size: int = 1000, max_conversations: int | None = None,
                  tokenizer_messages: int = 30000, heldout_fraction: float = 0.05,
                  conversations: list[list[str]] | None = None, seed: int = 0) -> DemoData:
-    """Load conversations, train the tokenizer on a subset of messages, and encode every pair of
-    consecutive messages whose prompt and reply both fit in ``block_size - 1`` tokens.
-
-    Conversations are split (not pairs), so held-out replies come from conversations never trained on.
-    """
-    convs = conversations if conversations is not None else load_conversations()
-    convs = [c for c in convs if len(c) >= 2]
-    rng = random.Random(seed)
-    rng.shuffle(convs)
-    if max_conversations is not None:
-        convs = convs[:max_conversations]
+    """Load (or take) conversations, train the tokenizer on their first `tokenizer_messages` messages,
+    and keep every pair of consecutive messages whose prompt and reply both fit in ``block_size - 1``
+    tokens. Conversations, not pairs, are split: held-out replies come from conversations never
+    trained on."""
+    convs = [c for c in (conversations if conversations is not None else load_conversations()) if len(c) >= 2]
+    random.Random(seed).shuffle(convs)
+    convs = convs[:max_conversations]
     messages = [m for c in convs for m in c]
     tok = train_tokenizer(messages[:tokenizer_messages], vocab_size=vocab_size)
-    encoded = iter(tok.encode_batch(messages))
+    encoded = iter(e.ids for e in tok.backend.encode_batch(messages))
     enc_convs = [[next(encoded) for _ in c] for c in convs]
     n_held = max(1, int(len(enc_convs) * heldout_fraction))
 
