@@ -20,7 +20,8 @@ check pays only for what its probes use. The facts, in the order they build on e
 
 Every backward goes through `grad`, which counts it in `passes`; whatever the batch size and the
 sequence length, a whole check runs one forward and at most three backward passes (the
-``padding-leak`` probe spends the third), plus one replay forward when a NaN/Inf appears.
+``padding-leak`` probe spends the third; `column_dependency` one more, for a (B, B) output only),
+plus one replay forward when a NaN/Inf appears.
 """
 
 from __future__ import annotations
