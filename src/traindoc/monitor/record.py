@@ -12,6 +12,7 @@ pure judges of these records (they never touch tensors), so they are cheap and e
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 
@@ -58,6 +59,16 @@ class StepRecord:
     equal fingerprints; None when no batch was logged."""
     extra: dict[str, float] = field(default_factory=dict)
     """Other metrics the user logged with watch.log(...)."""
+
+    @property
+    def loss_nonfinite(self) -> bool:
+        """A loss was logged and it is NaN or +-Inf."""
+        return self.loss is not None and not math.isfinite(self.loss)
+
+    @property
+    def nonfinite(self) -> bool:
+        """The step's loss or any of its gradients is NaN or +-Inf."""
+        return self.loss_nonfinite or self.nonfinite_grads > 0
 
 
 @dataclass

@@ -70,7 +70,6 @@ from traindoc.monitor.nan_replay import Locate, NanReplay
 from traindoc.monitor.record import RunEnd, RunStart
 from traindoc.monitor.recorder import StepRecorder
 from traindoc.monitor.rows import build_step, histogram_lines, read_steps
-from traindoc.numbers import finite
 from traindoc.rundir import RunDirWriter, fresh_run_dir
 from traindoc.setup import unwrap_optimizer
 
@@ -299,8 +298,7 @@ class Watch:
             self._last_time = h.meta.time or self._last_time
             record = built.record
             self._count(record)
-            loss_bad = record.loss is not None and not finite(record.loss)
-            if self._replay_nonfinite and (loss_bad or (record.nonfinite_grads > 0 and not h.meta.skipped)):
+            if self._replay_nonfinite and (record.loss_nonfinite or (record.nonfinite and not h.meta.skipped)):
                 self.nan.replay(record.step)  # the step-time flag missed it (a NaN loss, a CUDA flag in flight)
             if record.extra.get("tokens") is not None:
                 window_tokens += record.extra["tokens"]
@@ -335,7 +333,7 @@ class Watch:
             c["clip_steps"] += 1
             c["clipped_steps"] += int(record.clipped)
         c["skipped_steps"] += int(record.skipped)
-        if record.nonfinite_grads > 0 or (record.loss is not None and not finite(record.loss)):
+        if record.nonfinite:
             c["nonfinite_steps"] += 1
             if self._first_nonfinite is None:
                 self._first_nonfinite = record.step

@@ -22,8 +22,6 @@ accumulation caveat when each step accumulates several backward passes.
 
 from __future__ import annotations
 
-import math
-
 from traindoc.findings import Finding
 from traindoc.monitor.detectors.base import (
     Detector,
@@ -62,7 +60,7 @@ class DivergenceDetector(Detector):
             return []
         self._backward_calls = max(self._backward_calls, record.backward_calls)
         loss = record.loss
-        nonfinite = (loss is not None and not math.isfinite(loss)) or record.nonfinite_grads > 0
+        nonfinite = record.nonfinite
         if nonfinite:
             if self._bad == 0:
                 self._bad_since = record.step

@@ -17,8 +17,6 @@ does (it halves the scale on every overflow, so 20 halvings cover a factor of ~1
 
 from __future__ import annotations
 
-import math
-
 from traindoc.findings import Finding
 from traindoc.monitor.detectors.base import Detector, make_finding
 from traindoc.monitor.record import StepRecord
@@ -36,7 +34,7 @@ class NanLossDetector(Detector):
     def update(self, record: StepRecord) -> list[Finding]:
         if self._fired:
             return []
-        loss_bad = record.loss is not None and not math.isfinite(record.loss)
+        loss_bad = record.loss_nonfinite
         grads_bad = record.nonfinite_grads > 0
         if not (loss_bad or grads_bad):
             self._amp_streak = 0
