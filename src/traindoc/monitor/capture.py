@@ -75,8 +75,7 @@ class Hooks:
         self.removed = False
         self._paused = 0
         self._handles: list[Any] = []
-        self._weak_handles: list[Any] = []
-        self._undo: list[Callable[[], None]] = []
+        self._finalizer: weakref.finalize | None = None
 
     @property
     def active(self) -> bool:
@@ -97,22 +96,21 @@ class Hooks:
         self._handles.append(opt.register_step_post_hook(self._post_step))
         me = weakref.ref(self)
         params = rec.layout.params
-        for slot, i in enumerate(rec.count_params):
-            self._weak_handles.append(params[i].register_hook(_count_hook(me, slot)))
-        self._weak_handles.append(params[rec.stale_param].register_hook(_stale_hook(me)))
-        weak_undo = [add_clip_listener(_ClipListener(self))]
+        grad_hooks = [params[i].register_hook(_count_hook(me, slot)) for slot, i in enumerate(rec.count_params)]
+        grad_hooks.append(params[rec.stale_param].register_hook(_stale_hook(me)))
+        undo = [add_clip_listener(_ClipListener(self))]
         if self.scaler is not None and hasattr(self.scaler, "step"):
-            weak_undo.append(_wrap_scaler(self.scaler, me))
-        self._undo = weak_undo
+            undo.append(_wrap_scaler(self.scaler, me))
         # a watch that is never closed: drop what would outlive it when it is garbage-collected
-        self._finalizer = weakref.finalize(self, _release, list(self._weak_handles), list(weak_undo))
+        self._finalizer = weakref.finalize(self, _release, grad_hooks, undo)
 
     def remove(self) -> None:
         self.removed = True
         for h in self._handles:
             self.failures.guard("remove hooks", h.remove)
         self._handles.clear()
-        self._finalizer()  # the gradient hooks, the clip listener, the scaler wrapper
+        if self._finalizer is not None:
+            self._finalizer()  # the gradient hooks, the clip listener, the scaler wrapper
 
     # ------------------------------------------------------------------ hook bodies
     def _pre_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
