@@ -214,7 +214,8 @@ def check_lr_too_high_sgd(f: Finding, r: Run) -> None:
 def check_missing_zero_grad(f: Finding, r: Run) -> None:
     rows = scalars(r)
     assert rows[0]["grad_was_stale"] is False  # the first step starts from no gradient
-    assert all(s["grad_was_stale"] is True for s in rows[1:])
+    checked = [s["grad_was_stale"] for s in rows[1:] if s["grad_was_stale"] is not None]
+    assert len(checked) >= 3 and all(checked)  # every checked step (the first ones, then every K-th)
     assert f.evidence["step"] == 1 and f.evidence["threshold"] == 3
     assert f.fix.count("zero_grad") == 1  # said once
 

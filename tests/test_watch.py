@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import math
 import sys
+from collections import Counter
 
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import traindoc
 from traindoc.findings import Finding, Report
@@ -95,7 +97,10 @@ def test_run_dir_has_every_step_lr_loss_and_report(tmp_path):
     assert run.findings[0]["step"] == 3
     # the detector saw every step, in order, with the host-side fields filled
     assert [r.step for r in det.records] == list(range(11))
-    assert all(r.backward_calls == 1 and r.grad_was_stale is False for r in det.records)
+    assert all(r.backward_calls == 1 for r in det.records)
+    # the stale-gradient check runs on the first four steps, then on the layer-stats steps (every 3)
+    checked = {0, 1, 2, 3, 6, 9}
+    assert [r.grad_was_stale for r in det.records] == [False if s in checked else None for s in range(11)]
     assert all(r.num_classes == 3 and r.extra["train_mode"] == 1.0 for r in det.records)
     assert det.records[3].layer_grad_norm is not None and det.records[4].layer_grad_norm is None
     assert det.records[3].layer_depth == {"0": 0, "2": 1, "4": 2}
@@ -193,6 +198,81 @@ def test_steady_state_step_never_syncs_and_copies_once_per_flush(tmp_path, monke
     assert w.report.info["flushes"] == 6
 
 
+class _OpCounter(TorchDispatchMode):
+    """Counts the aten ops that run inside the block."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops: Counter[str] = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops[str(func)] += 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("clip", [False, True])
+def test_an_ordinary_step_adds_four_device_ops_whatever_the_model_size(tmp_path, clip):
+    """The fixed cost of a watched step, counted in aten ops (seconds are too noisy here): the fused
+    gradient norm written into the ring (two ops; none when the user clips: their norms are copied,
+    one op), the logged loss kept as a detached copy (two ops: a view, a copy). Layer stats, histograms and the stale-gradient
+    check only run every K steps; a flush only every ``flush_every``."""
+    counts = {}
+    for width in (8, 64):
+        model = nn.Sequential(nn.Linear(width, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(),
+                              nn.Linear(width, 3))
+        opt = torch.optim.SGD(model.parameters(), lr=0.01)
+        x, y = torch.randn(4, width), torch.tensor([0, 1, 2, 0])
+
+        def step(w, model=model, opt=opt, x=x, y=y):
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            if clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            if w is not None:
+                w.log(loss=loss, tokens=4)
+
+        step(None)
+        with _OpCounter() as bare:
+            step(None)
+        w = traindoc.watch(model, opt, run_dir=tmp_path / f"{width}", quiet=True, tensorboard=True)
+        for _ in range(77):  # step 77: no flush (every 50), no layer stats (every 10), no stale check
+            step(w)
+        with _OpCounter() as watched:
+            step(w)
+        w.close()
+        added = watched.ops.copy()
+        added.subtract(bare.ops)
+        counts[width] = +added
+    assert counts[8] == counts[64]  # independent of the model's size
+    loss = {"aten.detach.default": 1, "aten.clone.default": 1}
+    expected = {**loss, "aten.copy_.default": 1} if clip else \
+        {**loss, "aten._foreach_norm.Scalar": 1, "aten.stack.out": 1}
+    assert dict(counts[8]) == expected
+
+
+def test_a_logged_tensor_updated_in_place_later_keeps_its_value_at_log_time(tmp_path):
+    """The watch keeps logged tensors until the flush; a running total the user updates in place after
+    ``log()`` must not change what was recorded for the earlier steps."""
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    running = torch.zeros(())
+    expected = []
+    with traindoc.watch(model, opt, run_dir=tmp_path, flush_every=50, tensorboard=False, quiet=True) as w:
+        for x, y in batches(5):
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            running += 1.0
+            w.log(loss=loss, tokens=running, seen=running)
+            expected.append(float(running))
+    rows = read_run(tmp_path).scalars
+    assert [r["tokens"] for r in rows] == expected == [1.0, 2.0, 3.0, 4.0, 5.0]
+    assert [r["metrics"]["seen"] for r in rows] == expected
+
+
 def test_loss_logged_before_or_after_the_step_lands_on_the_same_step(tmp_path):
     out = []
     for after in (False, True):
@@ -245,7 +325,7 @@ def test_missing_zero_grad_and_eval_mode_are_recorded(tmp_path):
                 model.eval()
             F.cross_entropy(model(x), y).backward()
             opt.step()  # no zero_grad: gradients accumulate across steps
-    assert [r.grad_was_stale for r in det.records] == [False] + [True] * 5
+    assert [r.grad_was_stale for r in det.records] == [False] + [True] * 3 + [None] * 2  # checked: 0-3, 10, ...
     assert [r.extra["train_mode"] for r in det.records] == [1.0] * 4 + [0.0] * 2
 
 

@@ -59,10 +59,10 @@ def test_exception_inside_a_hook_is_recorded_and_training_goes_on(tmp_path, monk
     reference_model = mlp()
     reference = train(reference_model, torch.optim.SGD(reference_model.parameters(), lr=0.1), clip=1.0)
 
-    def broken(grads):
+    def broken(self, params, weight_norms):
         raise RuntimeError("boom inside traindoc")
 
-    monkeypatch.setattr(stats, "grad_norms", broken)
+    monkeypatch.setattr(stats.LayerSample, "snapshot", broken)
     model = mlp()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     w = traindoc.watch(model, opt, run_dir=tmp_path, detectors=[], tensorboard=False, every=1)
@@ -73,7 +73,7 @@ def test_exception_inside_a_hook_is_recorded_and_training_goes_on(tmp_path, monk
     assert failed and failed[0].severity == "hint"
     ev = failed[0].evidence
     assert ev["where"] == "optimizer pre-step hook" and ev["count"] == 6
-    assert "boom inside traindoc" in ev["exception"] and any("grad_norms" in ln for ln in ev["traceback"])
+    assert "boom inside traindoc" in ev["exception"] and any("snapshot" in ln for ln in ev["traceback"])
     assert report.info["steps"] == 6  # steps are still counted
     assert read_run(tmp_path).report["findings"][0]["id"] == "probe-failed"
 

@@ -16,8 +16,9 @@ Layout (schema version 1; JSON Lines, one object per line, no pickle anywhere)::
       report.json        the final `Report.to_dict()`, written atomically by `close()`
       tb/                TensorBoard event files (when tensorboard is installed)
 
-Every `flush()` writes whole lines and fsyncs, so a run killed with SIGKILL keeps everything up to
-its last flush. A reader skips a torn last line. Non-finite floats are stored as the strings
+Every `flush()` writes whole lines with one write per stream, so a run killed, even with SIGKILL,
+keeps everything up to its last flush (the kernel holds what was written); `close()` also fsyncs,
+so a finished run survives a power loss too. A reader skips a torn last line. Non-finite floats are stored as the strings
 "nan", "inf", "-inf" (strict JSON).
 
     >>> import tempfile
@@ -85,18 +86,19 @@ class RunDirWriter:
 
     def append(self, stream: str, record: dict[str, Any]) -> None:
         """Queue one record (made JSON-safe now); nothing touches the disk until `flush()`."""
-        if stream not in self._pending:
+        pending = self._pending.get(stream)
+        if pending is None:
             raise ValueError(f"unknown stream {stream!r}; one of {STREAMS}")
-        self._pending[stream].append(json.dumps(jsonable(record), allow_nan=False))
+        try:  # the common record: plain values, finite floats
+            line = json.dumps(record, allow_nan=False)
+        except (TypeError, ValueError):  # tensors, NaN/Inf: the `jsonable` walk
+            line = json.dumps(jsonable(record), allow_nan=False)
+        pending.append(line)
 
-    def append_plain(self, stream: str, record: dict[str, Any]) -> None:
-        """Like `append`, for a record already made of plain JSON values (ints, finite floats, str,
-        lists, dicts): skips the `jsonable` walk, which dominates for long histogram lines."""
-        if stream not in self._pending:
-            raise ValueError(f"unknown stream {stream!r}; one of {STREAMS}")
-        self._pending[stream].append(json.dumps(record, allow_nan=False))
-
-    def flush(self) -> None:
+    def flush(self, durable: bool = False) -> None:
+        """Write the queued lines, whole, one write per stream. The kernel then holds them: a process
+        killed at any later moment (even by SIGKILL) keeps them. ``durable=True`` also fsyncs, so that
+        they survive a power loss (`close` does)."""
         for stream, lines in self._pending.items():
             if not lines:
                 continue
@@ -105,14 +107,16 @@ class RunDirWriter:
                 f = self._files[stream] = open(self.path / f"{stream}.jsonl", "a", encoding="utf-8")  # noqa: SIM115 (kept open, closed in close())
             f.write("\n".join(lines) + "\n")
             f.flush()
-            os.fsync(f.fileno())
             lines.clear()
+        if durable:
+            for f in self._files.values():
+                os.fsync(f.fileno())
 
     def write_report(self, report_dict: dict[str, Any]) -> None:
         _atomic_write(self.path / "report.json", json.dumps(jsonable(report_dict), indent=2, allow_nan=False))
 
     def close(self) -> None:
-        self.flush()
+        self.flush(durable=True)
         for f in self._files.values():
             f.close()
         self._files.clear()

@@ -11,8 +11,8 @@ replaced by a wrapper that
 * hands ``(params, per-gradient norms as one 1-d tensor, total, max_norm)`` to every open watch
   (a listener).
 
-Anything unusual (``error_if_nonfinite=True``, a norm other than L2, gradients on several devices
-or dtypes, an old torch) goes straight to torch's own function, and the listener gets the total
+Anything unusual (``error_if_nonfinite=True``, a norm other than L2, gradients on several devices,
+sparse gradients, an old torch) goes straight to torch's own function, and the listener gets the total
 only. The original function is restored when the last watch closes. A module that did
 ``from torch.nn.utils import clip_grad_norm_`` *before* the watch started keeps its own reference
 and is not seen (the monitor then records no clip threshold).
@@ -53,16 +53,18 @@ _installed_from: Callable[..., torch.Tensor] | None = None
 def _fast_norms(params: list[torch.Tensor], norm_type: float, error_if_nonfinite: bool,
                 ) -> tuple[torch.Tensor, torch.Tensor] | None:
     """Per-gradient L2 norms (one 1-d tensor, in the order of the parameters that have a gradient)
-    and their total (torch's formula), or None when torch must do it."""
+    and their total (torch's formula), or None when torch must do it. Nothing is checked per
+    gradient in Python: gradients on several devices or sparse ones make the fused ops raise, and
+    torch's own function takes over."""
     if error_if_nonfinite or float(norm_type) != 2.0 or not hasattr(_nn_utils, "clip_grads_with_norm_"):
         return None
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         return None
-    first = grads[0]
-    if any(g.device != first.device or g.dtype != first.dtype or g.is_sparse for g in grads):
+    try:
+        norms = torch.stack(torch._foreach_norm(grads, 2.0))
+    except RuntimeError:
         return None
-    norms = torch.stack(torch._foreach_norm(grads, 2.0))
     total = torch.linalg.vector_norm(norms, 2.0)
     return norms, total
 

@@ -34,10 +34,16 @@ class Judges:
         try:
             found = question() or []
         except Exception as e:
-            self.failures.record(f"detector {type(det).__name__}", e)
-            if det in self.detectors:
-                self.detectors.remove(det)
+            self._drop(det, e)
             return
+        self._deliver(det, found, step)
+
+    def _drop(self, det: Detector, e: Exception) -> None:
+        self.failures.record(f"detector {type(det).__name__}", e)
+        if det in self.detectors:
+            self.detectors.remove(det)
+
+    def _deliver(self, det: Detector, found: list[Finding], step: int | None) -> None:
         take = getattr(det, "take_withdrawn", None)  # a duck-typed detector may lack it: it withdraws nothing
         for f in take() if take is not None else []:
             if self.withdraw is not None:
@@ -50,8 +56,16 @@ class Judges:
             self._ask(det, lambda det=det: det.start(run), None)
 
     def update(self, record: StepRecord) -> None:
+        """Every detector judges the record (the per-step path: no closure, and the withdrawals are
+        looked for only where a detector keeps some)."""
         for det in list(self.detectors):
-            self._ask(det, lambda det=det: det.update(record), record.step)
+            try:
+                found = det.update(record)
+            except Exception as e:
+                self._drop(det, e)
+                continue
+            if found or getattr(det, "__dict__", {}).get("_withdrawn") or not isinstance(det, Detector):
+                self._deliver(det, found or [], record.step)
 
     def finalize(self, end: RunEnd) -> None:
         for det in list(self.detectors):

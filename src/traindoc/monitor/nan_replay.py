@@ -2,7 +2,7 @@
 
 The monitor keeps references to the batches logged for the last two steps (``watch.log(batch=...)``
 or ``watch.watch_batch``; no copy). At each step whose gradients were measured, `NanReplay.check_flag`
-looks at whether the global gradient norm is finite, without stalling the device:
+looks at whether the step's gradient norms are all finite, without stalling the device:
 
 * on CPU the flag is an ordinary host tensor (reading it waits for nothing), so the replay runs before
   this step updates the weights;
@@ -20,13 +20,13 @@ passes.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from traindoc.findings import Finding
-from traindoc.monitor import stats
 from traindoc.monitor.failures import FailureLog
 
 Locate = Callable[..., list[Finding]]
@@ -54,22 +54,22 @@ class NanReplay:
         for old in [k for k in self._batches if k < step - 1]:
             del self._batches[old]
 
-    def check_flag(self, step: int, buffer: stats.StatsBuffer) -> None:
-        """Is this step's gradient norm non-finite? Replay the batch if so (see the module docstring)."""
+    def check_flag(self, step: int, grad_norms: torch.Tensor) -> None:
+        """Is any of this step's gradient norms non-finite? Replay the batch if so (see the module
+        docstring)."""
         if self._flag_step is not None and self._flag_host is not None:
-            if bool(self._flag_host):
+            if not math.isfinite(float(self._flag_host)):
                 self.replay(self._flag_step)
             self._flag_step = None
         if self.done:
             return
-        flag = ~torch.isfinite(buffer.data[step % buffer.rows, stats.GRAD_SQ])
-        if flag.device.type == "cpu":
-            if bool(flag):
+        if grad_norms.device.type == "cpu":  # host memory: reading it waits for nothing
+            if not math.isfinite(sum(grad_norms.tolist())):  # NaN or Inf iff one norm is
                 self.replay(step)
             return
         if self._flag_host is None:
-            self._flag_host = torch.zeros((), dtype=torch.bool, pin_memory=torch.cuda.is_available())
-        self._flag_host.copy_(flag, non_blocking=True)
+            self._flag_host = torch.zeros((), dtype=torch.float32, pin_memory=torch.cuda.is_available())
+        self._flag_host.copy_(grad_norms.sum(), non_blocking=True)  # NaN or Inf iff one norm is
         self._flag_step = step
 
     def replay(self, step: int) -> None:

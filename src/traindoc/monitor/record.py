@@ -37,7 +37,9 @@ class StepRecord:
     backward_calls: int = 1
     """Backward passes since the previous optimizer step (gradient accumulation count)."""
     grad_was_stale: bool | None = None
-    """True when gradients were already non-zero before this step's first backward (no zero_grad)."""
+    """True when gradients were already non-zero before this step's first backward (no zero_grad); None
+    on the steps the monitor does not check (it checks the first steps, then every K-th) or when it
+    cannot tell."""
     num_classes: int | None = None
     """Width of the logits when known (for loss-at-chance)."""
     scaler_scale: float | None = None

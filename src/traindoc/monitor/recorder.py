@@ -1,23 +1,29 @@
-"""The per-step measurements of a watched run, written on the device as the hooks fire.
+"""The per-step measurements of a watched run, made on the device as the hooks fire.
 
-`StepRecorder` keeps the step counter and, for each step not yet flushed, a `StepMeta` (the
-host-side facts: LR values or LR tensors, loss counts, the clip call, whether gradients were seen)
-and one row of the `StatsBuffer` (the device-side values). Nothing here reads a tensor's value on
-the host: every write is a device op, so a step never waits for the device.
+`StepRecorder` keeps the step counter and, for each step not yet flushed, a `StepMeta`: the
+host-side facts (LR values, loss counts, the clip call, whether gradients were seen) and references
+to the 0-d device tensors the step produced (the losses and tokens logged, the clip total, the
+stale-gradient flag, the batch fingerprint), plus one row of the `StatsBuffer`. Nothing here reads a
+tensor's value on the host: every write is a device op or a reference kept, so a step never waits
+for the device; the flush reads all of it with one copy (`traindoc.monitor.rows`).
 
-What each event measures:
+What an ordinary step costs: the fused gradient norm (one ``torch._foreach_norm`` written into the
+row; none when the user's ``clip_grad_norm_`` already computed it), a list of the LRs, a reference
+to each logged loss, two counters in backward hooks, and on CPU a host read of the row for the NaN
+watch. Everything else runs on a cadence:
 
-* `pre_step` (the optimizer's step pre-hook): the LR of each param group, ``model.training``, the
-  per-parameter gradient norms (one fused ``torch._foreach_norm``; those the user's
-  ``clip_grad_norm_`` already computed are reused), the global norm, the AMP scale; every ``every``
-  steps the weight norms and a weight snapshot; every ``histograms_every`` steps the histograms.
-* `post_step`: every ``every`` steps the update norms ``||w_after - w_before||``; then the step ends.
-* `backward` (a gradient hook on the first/last parameter): counts backward passes per optimizer
-  step (gradient accumulation). `first_backward` (a hook on the smallest parameter): whether its
-  gradient was already non-zero before the step's first backward (no ``zero_grad``).
-* `clip` (the ``clip_grad_norm_`` patch): the pre-clip norms and the user's ``max_norm``.
-* `log`: the loss (summed on the device, averaged over its micro-batches on the host), tokens,
-  metrics, and a fingerprint of the batch (`batch_fingerprint`).
+* every ``every`` steps: the weight and update norms (`stats.LayerSample`, estimated from a fixed
+  sample of each parameter), with a snapshot of that sample before the step;
+* every ``histograms_every`` steps: the weight and gradient histograms;
+* the stale-gradient check (a missing ``zero_grad``: is the smallest parameter's gradient non-zero
+  before the step's first backward?) on the first `STALE_FIRST_STEPS` steps, then on the layer-stats
+  steps (every `STALE_EVERY` steps when layer stats are off).
+
+The events: `pre_step` (the optimizer's step pre-hook), `post_step`, `backward` (a gradient hook on
+the first/last parameter counts backward passes per optimizer step: gradient accumulation),
+`first_backward` (a hook on the smallest parameter), `clip` (the ``clip_grad_norm_`` patch: the
+pre-clip norms and the user's ``max_norm``), `log` (the loss, tokens, metrics and a fingerprint of
+the batch, `BatchFingerprint`).
 
 Loss attribution: a ``log()`` after ``optimizer.step()`` and before the next backward belongs to
 the step just taken; otherwise to the step in progress.
@@ -25,6 +31,7 @@ the step just taken; otherwise to the step in progress.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,45 +41,73 @@ import torch
 
 from traindoc.monitor import stats
 from traindoc.monitor.layout import ParamLayout
-from traindoc.monitor.stats import BATCH, LOSS, SCALE, STALE, TOKENS, StatsBuffer
+from traindoc.monitor.stats import StatsBuffer
 from traindoc.setup import named_tensors
 
 FINGERPRINT_SAMPLES = 8192
 """Values per batch tensor that enter its fingerprint (a fixed stride through the tensor)."""
 
+LAYER_SAMPLES = 2048
+"""Values per parameter sampled for the weight and update norms of a layer-stats step."""
 
-@dataclass
+STALE_FIRST_STEPS = 4
+"""The stale-gradient check runs on every one of the first steps (a loop without ``zero_grad`` is
+found after three of them), then on the layer-stats steps."""
+
+STALE_EVERY = 10
+"""The stale-gradient cadence when layer stats are off (``every=0``)."""
+
+
+@dataclass(slots=True)
 class StepMeta:
-    """Host-side facts of one step (device values live in the StatsBuffer row)."""
+    """What one step recorded: host values, and references to device tensors read at the flush."""
 
     step: int
     lr: list[Any] = field(default_factory=list)
+    losses: list[torch.Tensor] = field(default_factory=list)
     loss_count: int = 0
     loss_host: float = 0.0
+    tokens: list[torch.Tensor] = field(default_factory=list)
     tokens_host: float = 0.0
     tokens_logged: bool = False
-    batch_logged: bool = False
+    fingerprint: torch.Tensor | None = None
     clip_threshold: Any = None
     clip_totals: list[torch.Tensor] = field(default_factory=list)
     clip_norms: list[tuple[torch.Tensor | None, torch.Tensor]] = field(default_factory=list)
     clip_covered: set[int] = field(default_factory=set)
     grads_seen: bool = False
     backward_calls: int = 0
-    stale: Any = None  # None (unknown), False, or "device" (flag in the buffer row)
+    stale: torch.Tensor | bool | None = None  # None: not checked this step
     layer_stats: bool = False
     frozen: tuple[int, ...] = ()  # watched parameters frozen (requires_grad=False) since, at a layer-stats step
     skipped: bool = False
-    has_scale: bool = False
+    scale: torch.Tensor | None = None
     train_mode: bool | None = None
     time: float | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
     hist: torch.Tensor | None = None
 
 
+def _without_grad(fn: Callable[..., None]) -> Callable[..., None]:
+    """``torch.no_grad()`` as a decorator costs more than an ordinary step's own work (a context
+    object made and entered per call); this sets the mode directly and restores it."""
+    @functools.wraps(fn)
+    def wrapper(*args: Any) -> None:
+        enabled = torch.is_grad_enabled()
+        torch._C._set_grad_enabled(False)
+        try:
+            fn(*args)
+        finally:
+            torch._C._set_grad_enabled(enabled)
+
+    return wrapper
+
+
 class BatchFingerprint:
     """A device scalar that is equal for equal batches and, in practice, different for different ones:
-    the sum over the batch's tensors of a strided sample of their values times fixed pseudo-random
-    weights. One small device op per tensor; no sync.
+    a strided sample of at most ``samples`` values of each of the batch's tensors, concatenated, dotted
+    with fixed pseudo-random weights (so the position of a value counts). Two or three device ops per
+    batch (concatenate, convert, dot); no sync.
 
     >>> fp = BatchFingerprint()
     >>> a, b = {"x": torch.arange(12).view(3, 4)}, {"x": torch.arange(12).view(3, 4).flip(0)}
@@ -84,29 +119,32 @@ class BatchFingerprint:
         self.samples = samples
         self._weights: dict[torch.device, torch.Tensor] = {}
 
-    def _w(self, device: torch.device) -> torch.Tensor:
+    def _w(self, device: torch.device, n: int) -> torch.Tensor:
         w = self._weights.get(device)
-        if w is None:
+        if w is None or w.numel() < n:
             g = torch.Generator().manual_seed(1234567)
-            w = self._weights[device] = (torch.rand(self.samples, generator=g) + 0.5).to(device)
-        return w
+            size = max(n, 8 * self.samples)
+            w = self._weights[device] = (torch.rand(size, generator=g) + 0.5).to(device)
+        return w[:n]
 
     def __call__(self, batch: Any) -> torch.Tensor | None:
-        total: torch.Tensor | None = None
-        for k, t in enumerate(named_tensors(batch).values()):
-            flat = t.detach().reshape(-1)
-            n = flat.numel()
-            if n == 0:
-                continue
-            sample = flat[:: -(-n // self.samples)]
-            w = self._w(flat.device)[: sample.numel()]
-            part = (sample.to(torch.float32) * w).sum() * (1.0 + 0.618 * k)
-            total = part if total is None else total + part.to(total.device)
-        return total
+        parts = []
+        for t in named_tensors(batch).values():
+            n = t.numel()
+            if n:
+                flat = t.detach().reshape(-1)
+                parts.append(flat[:: -(-n // self.samples)] if n > self.samples else flat)
+        if not parts:
+            return None
+        device = parts[0].device
+        if any(p.device != device for p in parts):
+            parts = [p.to(device) for p in parts]
+        values = torch.cat(parts).to(torch.float32)  # cat promotes mixed dtypes
+        return torch.dot(values, self._w(device, values.numel()))
 
 
 class StepRecorder:
-    """Measures each optimizer step into the device buffer (see the module docstring)."""
+    """Measures each optimizer step (see the module docstring)."""
 
     def __init__(self, layout: ParamLayout, model: torch.nn.Module, optimizer: torch.optim.Optimizer, *,
                  rows: int, every: int, histograms_every: int, histograms: stats.LayerHistograms | None,
@@ -120,17 +158,20 @@ class StepRecorder:
         self.histograms = histograms
         self.histogram_params = histogram_params
         self.scaler = scaler
+        self.sample = (stats.LayerSample([p.shape for p in layout.params], LAYER_SAMPLES, layout.device)
+                       if every else None)
+        self.stale_every = every or STALE_EVERY
         self.step = 0
         """Optimizer steps taken (skipped AMP steps included); the step in progress has this index."""
         self.flushed = 0
         """Steps before this one have been handed to the flush."""
         self.metas: dict[int, StepMeta] = {}
-        self.nan_check: Callable[[int, int], None] | None = None
-        """Called with (step, row) at each step whose gradients were measured (the NaN watch)."""
+        self.nan_check: Callable[[int, torch.Tensor], None] | None = None
+        """Called with (step, the row's gradient norms) at each step whose gradients were measured."""
         self._after_step = False
         self._bw_counts = [0, 0]
         self._stale_checked = False
-        self._snapshot: list[torch.Tensor] | None = None
+        self._snapshot: torch.Tensor | None = None
         self._index_cache: dict[tuple[int, ...], torch.Tensor] = {}
         self._clip_cache: dict[tuple[int, ...], tuple[torch.Tensor | None, torch.Tensor | None, set[int]]] = {}
         self._fingerprint = BatchFingerprint()
@@ -173,79 +214,81 @@ class StepRecorder:
         self._bw_counts[slot] += 1
         self._after_step = False
 
+    def checks_stale(self, step: int) -> bool:
+        """Whether the stale-gradient check runs on this step (see the module docstring)."""
+        return step < STALE_FIRST_STEPS or step % self.stale_every == 0
+
     def first_backward(self) -> None:
         """Before the step's first backward adds to it: is the smallest parameter's gradient non-zero?"""
         if self._stale_checked:
             return
         self._stale_checked = True
-        if max(self._bw_counts) > 1:
-            return  # not the step's first backward: cannot tell
-        m = self.meta(self.step)
+        if max(self._bw_counts) > 1 or not self.checks_stale(self.step):
+            return  # not the step's first backward (cannot tell), or not a checked step
         g = self.layout.params[self.stale_param].grad
-        if g is None:
-            m.stale = False
-        else:
-            self.buffer.set(self.row(self.step), STALE, (g != 0).any().float())
-            m.stale = "device"
+        self.meta(self.step).stale = False if g is None else (g != 0).any()
 
     # ------------------------------------------------------------------ optimizer step
-    @torch.no_grad()
+    @_without_grad
     def pre_step(self, skipped: bool) -> None:
         self._after_step = False
-        step, row, buf = self.step, self.row(self.step), self.buffer
+        step, buf = self.step, self.buffer
+        row = step % buf.rows
         m = self.meta(step)
         params = self.layout.params
-        m.lr = [g["lr"].detach().clone() if isinstance(g.get("lr"), torch.Tensor) else g.get("lr")
+        m.lr = [lr.detach().clone() if isinstance(lr := g.get("lr"), torch.Tensor) else lr
                 for g in self.optimizer.param_groups]
         m.train_mode = self.model.training
-        present = tuple(i for i, p in enumerate(params) if p.grad is not None)
-        if present:
-            m.grads_seen = True
-            missing = [i for i in present if i not in m.clip_covered] if m.clip_totals else present
-            if missing:
-                norms = stats.grad_norms([params[i].grad for i in missing])
-                full = len(missing) == len(params)
-                buf.write_grad_norms(row, norms, None if full else self._index_tensor(tuple(missing)))
+        if m.clip_norms and len(m.clip_covered) == len(params):  # the user's clip measured every gradient
             for index, norms in m.clip_norms:
-                target = buf.data[row, buf.grad_cols]
-                if index is None:
-                    target.copy_(norms)
-                else:
-                    target.index_copy_(0, index, norms)
-        if len(m.clip_totals) == 1:
+                buf.write_some_grad_norms(row, norms, index)
             m.grads_seen = True
-            buf.data[row, stats.GRAD_SQ].copy_(m.clip_totals[0].detach().square().reshape(()))
-        elif m.clip_totals:
+        else:
+            grads = [p.grad for p in params]
+            if m.clip_norms or not all(g is not None for g in grads):  # `None in grads` calls Tensor.__eq__
+                self._write_grad_norms_partial(m, row, grads)
+            else:  # every parameter has a gradient, the user did not clip
+                buf.write_grad_norms(row, grads)
+                m.grads_seen = True
+        if m.clip_totals:
             m.grads_seen = True
-            totals = torch.stack([t.detach().float().reshape(()).to(self.layout.device) for t in m.clip_totals])
-            buf.data[row, stats.GRAD_SQ].copy_(totals.square().sum())
         scale = getattr(self.scaler, "_scale", None) if self.scaler is not None else None
         if isinstance(scale, torch.Tensor):
-            buf.set(row, SCALE, scale.float())
-            m.has_scale = True
+            m.scale = scale.detach().clone()  # the scaler updates it in place
         m.skipped = skipped
         if skipped:  # an AMP overflow: routine, the scaler skips it; no NaN replay
             return
         if self.nan_check is not None and m.grads_seen:
-            self.nan_check(step, row)
-        if self.every and step % self.every == 0:
-            detached = [p.detach() for p in params]
+            self.nan_check(step, buf.grad_rows[row])
+        if self.sample is not None and step % self.every == 0:
             m.layer_stats = True
             m.frozen = tuple(i for i, p in enumerate(params) if not p.requires_grad)
-            buf.write_weight_norms(row, stats.grad_norms(detached))
-            self._snapshot = torch._foreach_mul(detached, 1.0)
+            self._snapshot = self.sample.snapshot(params, buf.weight_rows[row])
         if self.histograms is not None and self.histograms_every and step % self.histograms_every == 0:
             tensors: list[torch.Tensor | None] = []
             for i in self.histogram_params:  # weight (slot 2k) and gradient (slot 2k+1) of each layer
                 tensors += [params[i].detach(), params[i].grad]
             m.hist = self.histograms(tensors)
 
-    @torch.no_grad()
+    def _write_grad_norms_partial(self, m: StepMeta, row: int, grads: list[torch.Tensor | None]) -> None:
+        """The norms the user's clip computed, then those of the other gradients present."""
+        buf = self.buffer
+        for index, norms in m.clip_norms:
+            buf.write_some_grad_norms(row, norms, index)
+        missing = [i for i, g in enumerate(grads) if g is not None and i not in m.clip_covered]
+        if missing:
+            m.grads_seen = True
+            norms = stats.grad_norms([grads[i] for i in missing])  # type: ignore[misc]
+            index = None if len(missing) == len(grads) else self._index_tensor(tuple(missing))
+            buf.write_some_grad_norms(row, norms, index)
+        elif m.clip_norms:
+            m.grads_seen = True
+
+    @_without_grad
     def post_step(self) -> None:
         m = self.meta(self.step)
-        if m.layer_stats and self._snapshot is not None:
-            torch._foreach_sub_(self._snapshot, [p.detach() for p in self.layout.params])
-            self.buffer.write_update_norms(self.row(self.step), stats.grad_norms(self._snapshot))
+        if m.layer_stats and self._snapshot is not None and self.sample is not None:
+            self.sample.update_norms(self.layout.params, self._snapshot, self.buffer.update_rows[self.row(self.step)])
         self._snapshot = None
         self.end_step()
 
@@ -287,11 +330,11 @@ class StepRecorder:
         if not covered:
             return  # a clip of some other model's parameters
         m = self.meta(self.step)
-        m.clip_totals.append(total.detach())
+        m.clip_totals.append(total.detach() if total.requires_grad else total)
         m.clip_threshold = max_norm if m.clip_threshold is None else m.clip_threshold
         if norms is not None:
-            stacked = norms.detach().float().to(self.layout.device)
-            m.clip_norms.append((None, stacked) if src_t is None else (dst_t, stacked.index_select(0, src_t)))
+            norms = norms.detach() if norms.requires_grad else norms
+            m.clip_norms.append((None, norms) if src_t is None else (dst_t, norms.index_select(0, src_t.to(norms.device))))
             m.clip_covered |= covered
 
     # ------------------------------------------------------------------ watch.log
@@ -304,16 +347,16 @@ class StepRecorder:
     def log(self, loss: Any, batch: Any, tokens: Any, metrics: dict[str, Any]) -> int:
         step = self.log_step()
         m = self.meta(step)
-        row = self.row(step)
         if loss is not None:
             if isinstance(loss, torch.Tensor):
-                self.buffer.add(row, LOSS, loss)
+                m.losses.append(_scalar(loss))
             else:
                 m.loss_host += float(loss)
             m.loss_count += 1
         if tokens is not None:
             if isinstance(tokens, torch.Tensor):
-                self.buffer.add(row, TOKENS, tokens.sum() if tokens.numel() > 1 else tokens)
+                t = tokens.detach()
+                m.tokens.append(t.sum() if t.numel() != 1 else _scalar(t))
             else:
                 m.tokens_host += float(tokens)
             m.tokens_logged = True
@@ -321,8 +364,7 @@ class StepRecorder:
             self.log_batch(step, batch)
         for name, value in metrics.items():
             if isinstance(value, torch.Tensor):
-                value = value.detach()
-                m.metrics[name] = value.float().mean() if value.numel() != 1 else value
+                m.metrics[name] = _scalar(value)
             elif isinstance(value, (int, float)) and not isinstance(value, bool):
                 m.metrics[name] = float(value)
         return step
@@ -330,9 +372,14 @@ class StepRecorder:
     def log_batch(self, step: int, batch: Any) -> None:
         """The batch's fingerprint for this step (the first batch logged for a step counts)."""
         m = self.meta(step)
-        if m.batch_logged:
-            return
-        fp = self._fingerprint(batch)
-        if fp is not None:
-            self.buffer.set(self.row(step), BATCH, fp.to(self.layout.device))
-            m.batch_logged = True
+        if m.fingerprint is None:
+            m.fingerprint = self._fingerprint(batch)
+
+
+def _scalar(value: torch.Tensor) -> torch.Tensor:
+    """A logged tensor as a new 0-d device tensor (its mean when it has several values), so that a
+    tensor the user updates in place later (a running total) keeps the value it had here; no sync."""
+    v = value.detach()
+    if v.numel() != 1:
+        return v.float().mean()
+    return v.clone() if v.dim() == 0 else v.reshape(()).clone()

@@ -21,14 +21,17 @@ The watch only wires its parts together, each in its own module:
 `traindoc.rundir`  the run directory; `tensorboard` mirrors it for TensorBoard
 =================  ===========================================================================
 
-Speed: a step only queues device work; the host reads the statistics with one copy per flush,
-builds `StepRecord`s, feeds the detectors, and appends to the run directory and TensorBoard. No
-``.item()`` in a step. The flushes are dense at the start and sparse later (`next_flush`): after
-steps 1, 2, 4, 8, 16, 32 (the powers of two below ``flush_every``), then every ``flush_every``
-steps, and at close. A bug proved on the first steps (no ``zero_grad``, a schedule that collapses)
-is judged within a few steps, not at the first steady flush; the six extra early flushes are six
-host copies in a whole run (and, when some trainable parameters are outside the optimizer, the first
-flush makes one more small copy: whether they have moved).
+Speed: a step only queues device work and keeps references; the host reads the statistics with one
+copy per flush, builds `StepRecord`s, feeds the detectors, and appends to the run directory and
+TensorBoard. No ``.item()`` in a step. An ordinary step does only what must happen every step: the
+fused gradient norm (reused from ``clip_grad_norm_`` when the user clips), the LRs, a reference to
+the logged loss, and the NaN watch; the layer statistics, histograms and the stale-gradient check run
+every K steps (`recorder`). The flushes are dense at the start and sparse later (`next_flush`):
+after steps 1, 2, 4, 8, 16, 32 (the powers of two below ``flush_every``), then every
+``flush_every`` steps, and at close. A bug proved on the first steps (no ``zero_grad``, a schedule
+that collapses) is judged within a few steps, not at the first steady flush; the six extra early
+flushes are six host copies in a whole run (and, when some trainable parameters are outside the
+optimizer, the first flush makes one more small copy: whether they have moved).
 
 Findings as they happen: each new finding is printed as one line on stderr when it is raised
 (``traindoc: WARNING loss-spike at step 57: <title>``; ``quiet=True`` silences it), and appended to
@@ -189,7 +192,7 @@ class Watch:
         self.nan = NanReplay(model, locate, forward=forward, failures=self.failures, pause=self.hooks.paused,
                              report=self._add_finding)
         if replay_nonfinite:
-            self.recorder.nan_check = lambda step, row: self.nan.check_flag(step, self.recorder.buffer)
+            self.recorder.nan_check = self.nan.check_flag
         self._replay_nonfinite = replay_nonfinite
 
         self.run_dir = Path(run_dir) if run_dir is not None else fresh_run_dir()
@@ -204,7 +207,7 @@ class Watch:
             from traindoc.monitor.tensorboard import tensorboard_available
 
             tensorboard = tensorboard_available()
-        if tensorboard:  # opened now, so that no training step pays for the import and the file
+        if tensorboard:  # opened now, so that no training step pays for opening the file
             self.failures.guard("tensorboard", self._open_tensorboard, tensorboard_every)
 
         self.judges = Judges(detectors, self.failures, self._add_finding, self._withdraw_finding)
@@ -229,7 +232,7 @@ class Watch:
         from traindoc.monitor.tensorboard import TensorBoardWriter
 
         self._tb = TensorBoardWriter(self.run_dir / "tb", every, self.failures.guard)
-        weakref.finalize(self, self._tb.release)  # a watch never closed: its writer thread ends with it
+        weakref.finalize(self, self._tb.release)  # a watch never closed: its event file is closed with it
 
     # ------------------------------------------------------------------ user API
     def log(self, loss: Any = None, *, batch: Any = None, tokens: Any = None, **metrics: Any) -> None:
@@ -318,7 +321,7 @@ class Watch:
         for line in layer_lines:
             self.writer.append("layers", line)
         for line in hist_lines:
-            self.writer.append_plain("histograms", line)  # ints and finite floats only
+            self.writer.append("histograms", line)
         self.writer.flush()
         for line in scalars_lines:
             self.writer.append("scalars", line)

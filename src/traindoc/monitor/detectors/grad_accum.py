@@ -43,6 +43,7 @@ class GradAccumDetector(Detector):
         self.min_ref = min_ref
         self.min_count_ratio = min_count_ratio
         self._counts: Counter[int] = Counter()
+        self._mode: int | None = None
         self._ref: dict[int, RollingWindow] = {}
         self._slopes: deque[tuple[int, int, float, float, float]] = deque(maxlen=events)
         self._fired = False
@@ -51,12 +52,16 @@ class GradAccumDetector(Detector):
         k, g = record.backward_calls, record.grad_norm
         if self._fired or k < 1 or not finite(g) or g <= 0 or record.skipped:
             return []
-        self._counts[k] += 1
-        if len(self._counts) > 16:  # O(1) memory even for unusual count sequences
-            keep = dict(self._counts.most_common(8))
-            self._counts = Counter(keep)
+        counts = self._counts
+        counts[k] += 1
+        if len(counts) > 16:  # O(1) memory even for unusual count sequences
+            keep = dict(counts.most_common(8))
+            counts = self._counts = Counter(keep)
             self._ref = {c: w for c, w in self._ref.items() if c in keep}
-        k0 = self._counts.most_common(1)[0][0]
+            self._mode = counts.most_common(1)[0][0]
+        elif self._mode is None or counts[k] > counts[self._mode]:
+            self._mode = k  # the count seen most often (on a tie, the one that got there first)
+        k0 = self._mode
         if k == k0 or max(k, k0) / min(k, k0) < self.min_count_ratio:
             self._ref.setdefault(k, RollingWindow(self.ref_window)).push(g)  # type: ignore[arg-type]
             return []

@@ -52,11 +52,13 @@ class LossSpikeDetector(Detector):
             cand["values"].append(loss)
         elif len(self.window) >= self.min_samples:
             m = self.window.median()
-            mad = self.window.mad()
-            threshold = max(m + self.k * 1.4826 * mad, m + self.rel_jump * abs(m))
-            cand = self._candidate = (
-                {"step": record.step, "threshold": threshold, "median": m, "mad": mad, "values": [loss]}
-                if loss > threshold else None)
+            cand = self._candidate = None
+            if loss > m + self.rel_jump * abs(m):  # below this bound no threshold is crossed: skip the MAD
+                mad = self.window.mad()
+                threshold = max(m + self.k * 1.4826 * mad, m + self.rel_jump * abs(m))
+                if loss > threshold:
+                    cand = self._candidate = {"step": record.step, "threshold": threshold, "median": m, "mad": mad,
+                                              "values": [loss]}
         else:
             cand = self._candidate = None
         if cand is not None and len(cand["values"]) >= self.persist:

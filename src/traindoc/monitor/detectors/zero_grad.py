@@ -4,11 +4,14 @@ Two signals:
 
 * certain (severity error): ``record.grad_was_stale`` is True, i.e. the monitor saw non-zero
   gradients already present before the step's first backward, on ``stale_steps`` = 3 consecutive
-  steps (one stale step can be a deliberate trick; three in a row is a loop without
-  ``zero_grad``). Gradient accumulation does not trigger it: the monitor only looks before the
-  *first* backward after an optimizer step.
+  checked steps (one stale step can be a deliberate trick; three in a row is a loop without
+  ``zero_grad``). The monitor checks each of the first steps, then every K-th step
+  (`traindoc.monitor.recorder.STALE_FIRST_STEPS`); a step it did not check (``None``) neither
+  extends nor breaks the streak, so a loop without ``zero_grad`` from the start is proved at step 2.
+  Gradient accumulation does not trigger it: the monitor only looks before the *first* backward
+  after an optimizer step.
 * heuristic (severity warning, only when the monitor cannot tell staleness, i.e.
-  ``grad_was_stale`` is None on every step): the global gradient norm grows like the running sum
+  ``grad_was_stale`` is None on every step, e.g. the watched parameter never gets a gradient): the global gradient norm grows like the running sum
   it is when never reset, i.e. linearly with the step count from the start of the run. Judged once,
   on the first ``window`` = 20 steps: the norm must rise on at least ``monotone`` = 90% of
   consecutive pairs, end at least ``growth`` = 5x its first value, and the per-step average
@@ -62,8 +65,8 @@ class MissingZeroGradDetector(Detector):
                 return [make_finding(
                     "missing-zero-grad", "error",
                     f"Gradients are never reset: they were already non-zero before the first backward "
-                    f"of {self._stale} consecutive steps (from step {self._stale_since})", evidence, _FIX)]
-        else:
+                    f"of {self._stale} checked steps in a row (steps {self._stale_since}-{record.step})", evidence, _FIX)]
+        elif record.grad_was_stale is False:
             self._stale = 0
         if self._stale_known or self._judged or not finite(record.grad_norm):
             return []
