@@ -94,3 +94,45 @@ def test_check_on_cuda_measures_activations_and_restores_everything():
     assert 0 < mem["activations"] < 4 * weights  # the pass's own graph, not the weights again
     assert report.info["snapshot_bytes"] == 0  # no buffers here, and no copy of the weights
     assert torch.cuda.memory_allocated() <= allocated + 1024  # nothing of the check stays on the device
+
+
+def test_an_ordinary_watched_step_adds_a_handful_of_kernel_launches(tmp_path):
+    """On the GPU the monitor's fixed cost is host time spent launching kernels: count, with the
+    profiler, the CUDA kernels an ordinary watched step launches beyond the bare step (the fused
+    gradient norm and its stack into the ring, the copy of the logged loss)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    def kernels(prof) -> int:
+        return sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
+
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    x, y = batches(1)[0]
+
+    def step(w=None):
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if w is not None:
+            w.log(loss=loss)
+
+    for _ in range(3):
+        step()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as bare:
+        step()
+        torch.cuda.synchronize()
+    w = traindoc.watch(model, opt, flush_every=50, every=10, histograms_every=100, tensorboard=False, quiet=True,
+                       run_dir=tmp_path)
+    for _ in range(13):  # step 13: no flush, no layer stats, no stale-gradient check
+        step(w)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as watched:
+        step(w)
+        torch.cuda.synchronize()
+    report = w.close()
+    added = kernels(watched) - kernels(bare)
+    print(f"kernels per ordinary step: bare {kernels(bare)}, watched {kernels(watched)}, added {added}")
+    assert not report.get("probe-failed")
+    assert 0 < added <= 6
