@@ -44,10 +44,12 @@ LEVELS: list[tuple[str, list[str]]] = [
     ("report", ["report.*"]),
     # entry points wire the layers together
     ("entry points", ["api", "integrations._common"]),
+    # an unmodified script run under the doctor and the watch
+    ("script runs", ["script", "script.frames", "script.capture", "script.session", "script.runner"]),
     ("applications", ["integrations.*", "cli", "demo.*", "", "__main__"]),
 ]
 
-FREE = {"report", "entry points", "applications"}
+FREE = {"report", "entry points", "script runs", "applications"}
 
 SIBLINGS = [("probes.", "monitor."), ("probes.", "report."), ("monitor.", "report.")]
 """Packages of one level of the flow that never import each other (the watch gets its NaN replay

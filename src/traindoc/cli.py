@@ -33,6 +33,8 @@ examples:
       write runs/20250101-120000/report.html (findings, loss, LR, gradient plots)
   traindoc report runs/20250101-120000 --no-html --json findings.json --fail-on error
       CI gate: write the findings as JSON, exit 1 if the run has an error finding
+  traindoc run train.py --max-steps 200
+      run an unmodified training script for 200 optimizer steps and diagnose it
   traindoc catalog
       list every finding id with its category and what it means
 
@@ -55,6 +57,23 @@ examples:
 
 exit status: 0 ok; 1 --fail-on matched a finding (one line on stderr names them); 2 RUN_DIR is not a
 run directory, plotly is missing for the HTML page, or the page could not be rendered."""
+
+RUN_DESCRIPTION = """\
+Run a PyTorch training script as `python SCRIPT ARGS` would (same argv, __main__, working directory,
+output and exit code) with traindoc's global hooks in PyTorch. At the first optimizer step traindoc
+runs the one-batch doctor on the model, batch, loss and optimizer it found (restoring everything),
+then watches the run; at the end (or after --max-steps steps, or when the script crashes) it prints
+the findings, each with the line of your script to change."""
+
+RUN_EPILOG = """\
+examples:
+  traindoc run train.py                          diagnose a whole run
+  traindoc run train.py --max-steps 200 -- --lr 3e-4 --batch-size 8
+                                                 200 optimizer steps; the script gets its own options
+  traindoc run train.py --json findings.json     the findings and their lines as JSON
+  python -m traindoc run train.py                the same
+
+exit status: the script's own (0 when --max-steps stopped it); 2 when SCRIPT cannot be run."""
 
 _RANK = {"error": 0, "warning": 1, "hint": 2}
 
@@ -151,6 +170,50 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 1
 
 
+# ----------------------------------------------------------------------------- run
+
+
+def _print_script_run(run: Any, out: TextIO) -> None:
+    findings = run.report.findings
+    steps = run.report.info.get("optimizer_steps", 0)
+    stop = " (stopped at --max-steps)" if run.stopped else ""
+    head = f"traindoc run {run.script}: {steps} optimizer step{'' if steps == 1 else 's'}{stop}; "
+    if not findings:
+        print(head + "no findings", file=out)
+    else:
+        print(head + f"{len(findings)} finding{'' if len(findings) == 1 else 's'} ({_counts(findings)})", file=out)
+    for f, loc in zip(findings, run.locations, strict=True):
+        where = f"  {loc.short()}" if loc is not None else ""
+        print(f"  {f.severity.upper():8s}{f.id}{where}: {f.title}", file=out)
+        if loc is not None and loc.text:
+            print(f"          {loc.line} | {loc.text}", file=out)
+        print(f"          fix: {f.fix}", file=out)
+    for note in run.report.info.get("notes", []):
+        print(f"  note: {note}", file=out)
+    run_dir = run.report.info.get("run_dir")
+    if run_dir:
+        print(f"  run directory: {run_dir} (traindoc report {run_dir} for the HTML page)", file=out)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from traindoc.rundir import replace_report
+    from traindoc.script.runner import run_script, write_json
+
+    out = sys.stderr
+    run = run_script(args.script, list(args.script_args), max_steps=args.max_steps, run_dir=args.run_dir,
+                     quiet=False)
+    _print_script_run(run, out)
+    run_dir = run.report.info.get("run_dir")
+    if run_dir:  # the run directory's report holds the doctor's findings too, with their lines
+        replace_report(run_dir, run.to_dict())
+    if args.json is not None:
+        write_json(run, args.json)
+    if args.html and run_dir:
+        args.output, args.run_dir = None, run_dir
+        _write_html(args, out)
+    return run.exit_code
+
+
 # ----------------------------------------------------------------------------- catalog
 
 
@@ -204,6 +267,24 @@ def build_parser() -> argparse.ArgumentParser:
                              "(warning includes error) (default: exit 0 whatever was found)")
     report.set_defaults(func=_cmd_report)
 
+    run = sub.add_parser(
+        "run", help="run a training script unchanged and diagnose it: the one-batch doctor at its first "
+                    "optimizer step, the monitor after, each finding on the line to change",
+        description=RUN_DESCRIPTION, epilog=RUN_EPILOG, formatter_class=raw)
+    run.add_argument("script", metavar="SCRIPT", help="the training script, run as `python SCRIPT ARGS` would")
+    run.add_argument("script_args", nargs="*", metavar="ARGS",
+                     help="the script's own arguments (after --, so that traindoc does not read them)")
+    run.add_argument("--max-steps", type=int, default=None, metavar="N",
+                     help="stop the script cleanly after N optimizer steps and report (default: run to the end)")
+    run.add_argument("--json", default=None, metavar="PATH",
+                     help='write the findings as JSON: {"version": 1, "ok", "exit_code", "findings": [{"id", '
+                          '"severity", "message", "evidence", "fix", "location"}], "info"}; "-" for stdout (default: no JSON)')
+    run.add_argument("--run-dir", default=None, metavar="DIR",
+                     help="the run directory of the monitor (default: ./runs/<date-time>)")
+    run.add_argument("--html", action="store_true",
+                     help="also write RUN_DIR/report.html (needs plotly: pip install 'traindoc[report]') (default: no page)")
+    run.set_defaults(func=_cmd_run)
+
     catalog = sub.add_parser("catalog", help="list every finding id with its category and meaning",
                              description="List every finding id traindoc can report, with its category "
                                          "and meaning.")
@@ -215,7 +296,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    script_args: list[str] = []
+    if "run" in argv and "--" in argv[argv.index("run"):]:  # `traindoc run SCRIPT [options] -- ARGS`
+        cut = argv.index("--", argv.index("run"))
+        argv, script_args = argv[:cut], argv[cut + 1:]
     args = build_parser().parse_args(argv)
+    if script_args:
+        args.script_args = [*args.script_args, *script_args]
     try:
         return int(args.func(args) or 0)
     except (TraindocInputError, OSError, ValueError) as e:

@@ -122,6 +122,11 @@ class RunDirWriter:
         self._files.clear()
 
 
+def replace_report(path: str | os.PathLike[str], report_dict: dict[str, Any]) -> None:
+    """Write RUN_DIR/report.json anew, atomically (a run whose report holds more than the watch's)."""
+    _atomic_write(Path(path) / "report.json", json.dumps(jsonable(report_dict), indent=2, allow_nan=False))
+
+
 def _revive(value: Any) -> Any:
     """Strings "nan"/"inf"/"-inf" back to floats, recursively."""
     if isinstance(value, str) and value in ("nan", "inf", "-inf"):

@@ -1,0 +1,265 @@
+"""What an unmodified training script builds and calls, seen through traindoc's global hooks.
+
+`Capture.install` puts into PyTorch, for the time the script runs:
+
+* a global module forward pre-hook and forward hook (``torch.nn.modules.module``) that track the
+  outermost module call under grad mode in training mode: the module, its positional and keyword
+  arguments (the batch as it enters the model), and the user's line that called it. Once the model
+  being trained is known (`narrow_to`), they are replaced by one forward pre-hook on that model;
+* wrappers of the loss functions of ``torch.nn.functional`` (which the ``nn`` loss modules and the
+  Hugging Face models call): the last call's function, input, target and options, and its line;
+* a wrapper of ``torch.Tensor.backward``: the tensor backpropagated (the loss) and its line;
+* wrappers of the constructors of the optimizers, LR schedulers, DataLoaders and the transformer
+  layers (``nn.Transformer``, its encoder/decoder layers, ``nn.MultiheadAttention``), and of
+  ``LRScheduler.step``: where each was created or called;
+* global optimizer step pre- and post-hooks (``torch.optim.optimizer``): every optimizer step.
+
+Each wrapper records references and a line only (no copy, no device op), calls the original, and is
+silent while `paused` (traindoc's own passes). `remove` restores everything.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import weakref
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.modules import module as module_hooks
+from torch.optim import optimizer as optimizer_hooks
+
+from traindoc.script.frames import Location, user_location
+from traindoc.setup import output_loss
+
+LOSS_FUNCTIONS = ("cross_entropy", "nll_loss", "binary_cross_entropy", "binary_cross_entropy_with_logits",
+                  "mse_loss", "l1_loss", "smooth_l1_loss", "huber_loss", "kl_div")
+"""The ``torch.nn.functional`` losses whose calls are recorded (input, target, options)."""
+
+TRANSFORMER_LAYERS = (nn.Transformer, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer, nn.MultiheadAttention)
+
+
+@dataclass
+class ModelCall:
+    module: nn.Module
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    location: Location | None
+    returns_loss: bool = False
+    """The output held the loss (``output.loss``, ``(logits, loss)``; `traindoc.setup.output_loss`)."""
+
+
+@dataclass
+class LossCall:
+    name: str
+    function: Callable[..., Any]
+    input: Any
+    target: Any
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    location: Location | None
+
+
+@dataclass
+class Seen:
+    """What the script did, with the lines that did it."""
+
+    model_call: ModelCall | None = None
+    loss_call: LossCall | None = None
+    loss: torch.Tensor | None = None
+    created: dict[str, list[tuple[Any, Location | None]]] = field(default_factory=dict)
+    lines: dict[str, Location] = field(default_factory=dict)
+    """The first user line of: "model" (its call), "loss", "backward", "step", "scheduler_step"."""
+
+    def first_line(self, kind: str) -> Location | None:
+        return self.lines.get(kind)
+
+    def created_line(self, kind: str) -> Location | None:
+        items = self.created.get(kind) or []
+        return items[0][1] if items else None
+
+
+class Capture:
+    """Installs and removes the global hooks (see the module docstring)."""
+
+    def __init__(self, *, on_step: Callable[[torch.optim.Optimizer], None],
+                 on_step_end: Callable[[torch.optim.Optimizer], None],
+                 on_backward: Callable[[torch.Tensor], None], on_batch: Callable[[ModelCall], None]):
+        self.seen = Seen()
+        self._on_step, self._on_step_end = on_step, on_step_end
+        self._on_backward, self._on_batch = on_backward, on_batch
+        self._paused = 0
+        self._depth = 0
+        self._pending: tuple[nn.Module, Location | None] | None = None
+        self._undo: list[Callable[[], None]] = []
+        self._model_hook: Any = None
+        self._global_forward: list[Any] = []
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        self._paused += 1
+        try:
+            yield
+        finally:
+            self._paused -= 1
+
+    # ------------------------------------------------------------------ install / remove
+    def install(self) -> None:
+        self._global_forward = [module_hooks.register_module_forward_pre_hook(self._forward_pre),
+                                module_hooks.register_module_forward_hook(self._forward_post, with_kwargs=True,
+                                                                          always_call=True)]
+        self._undo.append(optimizer_hooks.register_optimizer_step_pre_hook(self._step_pre).remove)
+        self._undo.append(optimizer_hooks.register_optimizer_step_post_hook(self._step_post).remove)
+        for name in LOSS_FUNCTIONS:
+            if hasattr(F, name):
+                self._patch(F, name, self._loss_wrapper(name, getattr(F, name)))
+        self._patch(torch.Tensor, "backward", self._backward_wrapper(torch.Tensor.backward))
+        self._patch_init(torch.optim.Optimizer, "optimizer")
+        self._patch_init(torch.optim.lr_scheduler.LRScheduler, "scheduler")
+        self._patch_init(torch.utils.data.DataLoader, "dataloader")
+        for cls in TRANSFORMER_LAYERS:
+            self._patch_init(cls, "transformer")
+        self._patch(torch.optim.lr_scheduler.LRScheduler, "step",
+                    self._line_wrapper("scheduler_step", torch.optim.lr_scheduler.LRScheduler.step))
+
+    def remove(self) -> None:
+        for h in self._global_forward:
+            h.remove()
+        self._global_forward = []
+        if self._model_hook is not None:
+            self._model_hook.remove()
+            self._model_hook = None
+        for undo in reversed(self._undo):
+            with contextlib.suppress(Exception):
+                undo()
+        self._undo.clear()
+
+    def narrow_to(self, model: nn.Module) -> None:
+        """The model is known: one forward pre-hook on it replaces the global forward hooks."""
+        for h in self._global_forward:
+            h.remove()
+        self._global_forward = []
+        self._model_hook = model.register_forward_pre_hook(self._model_pre, with_kwargs=True)
+
+    def _patch(self, owner: Any, name: str, wrapper: Any) -> None:
+        had_own = name in vars(owner)
+        original = vars(owner).get(name) if had_own else getattr(owner, name)
+        setattr(owner, name, wrapper)
+
+        def undo() -> None:
+            if had_own:
+                setattr(owner, name, original)
+            else:
+                delattr(owner, name)
+
+        self._undo.append(undo)
+
+    def _patch_init(self, cls: type, kind: str) -> None:
+        original = cls.__init__
+        capture = self
+
+        @functools.wraps(original)
+        def __init__(obj: Any, *args: Any, **kwargs: Any) -> None:  # noqa: N807 (the wrapped constructor)
+            original(obj, *args, **kwargs)
+            if not capture._paused:
+                capture.seen.created.setdefault(kind, []).append((_ref(obj), user_location()))
+
+        self._patch(cls, "__init__", __init__)
+
+    # ------------------------------------------------------------------ hook bodies
+    def _forward_pre(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+        if self._paused:
+            return
+        self._depth += 1
+        if self._depth == 1:
+            self._pending = (module, user_location())
+
+    def _forward_post(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
+        if self._paused:
+            return
+        self._depth = max(0, self._depth - 1)
+        if self._depth == 0 and self._pending is not None and self._pending[0] is module:
+            location = self._pending[1]
+            self._pending = None
+            if module.training and torch.is_grad_enabled():
+                returns_loss = output_loss(output)[0] is not None
+                self._record_call(ModelCall(module, args, dict(kwargs), location, returns_loss))
+
+    def _model_pre(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        if not self._paused and module.training and torch.is_grad_enabled():
+            self._record_call(ModelCall(module, args, dict(kwargs), None))  # after the doctor: the batch only
+
+    def _record_call(self, call: ModelCall) -> None:
+        if call.location is not None:
+            self.seen.lines.setdefault("model", call.location)
+        self.seen.model_call = call
+        self._on_batch(call)
+
+    def _step_pre(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        if self._paused:
+            return
+        if "step" not in self.seen.lines:
+            loc = user_location()
+            if loc is not None:
+                self.seen.lines["step"] = loc
+        self._on_step(optimizer)
+
+    def _step_post(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        if not self._paused:
+            self._on_step_end(optimizer)
+
+    def _loss_wrapper(self, name: str, original: Callable[..., Any]) -> Callable[..., Any]:
+        capture = self
+
+        @functools.wraps(original)
+        def loss(input: Any, target: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: A002 (torch's names)
+            if not capture._paused and torch.is_grad_enabled() and isinstance(input, torch.Tensor) \
+                    and input.requires_grad:
+                loc = user_location()
+                capture.seen.loss_call = LossCall(name, original, input, target, args, kwargs, loc)
+                if loc is not None:
+                    capture.seen.lines.setdefault("loss", loc)
+            return original(input, target, *args, **kwargs)
+
+        return loss
+
+    def _backward_wrapper(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        capture = self
+
+        @functools.wraps(original)
+        def backward(tensor: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+            if not capture._paused and tensor.numel() == 1:
+                loc = user_location()
+                if loc is not None:
+                    capture.seen.lines.setdefault("backward", loc)
+                capture.seen.loss = tensor
+                with contextlib.suppress(Exception):
+                    capture._on_backward(tensor)
+            return original(tensor, *args, **kwargs)
+
+        return backward
+
+    def _line_wrapper(self, kind: str, original: Callable[..., Any]) -> Callable[..., Any]:
+        capture = self
+
+        @functools.wraps(original)
+        def wrapper(obj: Any, *args: Any, **kwargs: Any) -> Any:
+            # the constructor's own first step() comes before _step_count reaches 1: not the user's call
+            if not capture._paused and kind not in capture.seen.lines and getattr(obj, "_step_count", 0) >= 1:
+                loc = user_location()
+                if loc is not None:
+                    capture.seen.lines[kind] = loc
+            return original(obj, *args, **kwargs)
+
+        return wrapper
+
+
+def _ref(obj: Any) -> Any:
+    try:
+        return weakref.ref(obj)
+    except TypeError:
+        return lambda: obj

@@ -1,0 +1,120 @@
+"""Run a training script as ``python SCRIPT.py ARGS`` would, under a diagnosing `Session`.
+
+Same ``sys.argv`` (the script's path, then its arguments), ``__name__ == "__main__"``, the script's
+folder first on ``sys.path``, the working directory unchanged, the same stdout and stderr, and the
+script's exit code: 0 when it ends (or when ``--max-steps`` stopped it), its ``sys.exit`` code, 1
+after an uncaught exception, whose traceback is printed as Python prints it (from the script's
+first frame) before traindoc's diagnosis.
+
+The JSON written with ``--json`` is a contract (``version`` 1)::
+
+    {"version": 1, "ok": bool, "exit_code": int, "script": str, "stopped_at_max_steps": bool,
+     "findings": [{"id", "severity", "message", "evidence", "fix", "location"}], "info": {...}}
+
+``ok`` is true when no finding is an error; ``location`` is ``{"file", "line", "function", "code"}``
+(the user's line to change) or null; each finding also carries ``title`` (the same text as
+``message``), so that the dict is a `traindoc.findings.Report` too (the run directory's report.json).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import runpy
+import sys
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from traindoc.errors import TraindocInputError
+from traindoc.findings import Report, jsonable
+from traindoc.script.frames import Location, format_exception
+from traindoc.script.session import Session, StopScript
+
+JSON_VERSION = 1
+
+
+@dataclass
+class ScriptRun:
+    report: Report
+    locations: list[Location | None]
+    exit_code: int
+    stopped: bool
+    script: str
+
+    def to_dict(self) -> dict[str, Any]:
+        findings = []
+        for f, loc in zip(self.report.findings, self.locations, strict=True):
+            findings.append({"id": f.id, "severity": f.severity, "message": f.title, "title": f.title,
+                             "evidence": jsonable(f.evidence), "fix": f.fix,
+                             "location": loc.to_dict() if loc is not None else None})
+        return {"version": JSON_VERSION, "ok": not any(f.severity == "error" for f in self.report.findings),
+                "exit_code": self.exit_code, "script": self.script, "stopped_at_max_steps": self.stopped,
+                "findings": findings, "info": jsonable(self.report.info)}
+
+
+def _exit_code(code: Any) -> int:
+    """``sys.exit(code)`` as the interpreter turns it into a process exit status."""
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code
+    print(code, file=sys.stderr)
+    return 1
+
+
+def run_script(script: str | os.PathLike[str], args: list[str], *, max_steps: int | None = None,
+               run_dir: str | os.PathLike[str] | None = None, quiet: bool = False) -> ScriptRun:
+    """Run ``script`` with ``args`` under traindoc; raises `TraindocInputError` for a script that cannot
+    be run (missing, not Python, a syntax error: the error is printed as Python prints it)."""
+    path = Path(script)
+    if not path.is_file():
+        raise TraindocInputError("SCRIPT", f"{script} is not a file")
+    try:
+        source = path.read_text(encoding="utf-8")
+        compile(source, str(path), "exec")
+    except SyntaxError as e:
+        traceback.print_exception(type(e), e, None)
+        raise TraindocInputError("SCRIPT", f"{script} has a syntax error (line {e.lineno})") from None
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise TraindocInputError("SCRIPT", f"{script} cannot be read as Python source: {e}") from None
+    if max_steps is not None and max_steps < 1:
+        raise TraindocInputError("--max-steps", f"must be >= 1, got {max_steps}")
+
+    session = Session(max_steps=max_steps, run_dir=run_dir, quiet=quiet)
+    saved_argv, saved_path = sys.argv[:], sys.path[:]
+    sys.argv = [str(path), *args]
+    sys.path.insert(0, str(path.resolve().parent))
+    error: BaseException | None = None
+    stopped = False
+    session.capture.install()
+    try:
+        runpy.run_path(str(path), run_name="__main__")
+        code = 0
+    except StopScript:
+        code, stopped = 0, True
+    except SystemExit as e:
+        code = _exit_code(e.code)
+    except KeyboardInterrupt:
+        traceback.print_exc()
+        code = 130
+    except BaseException as e:  # the script's own exception: shown as Python shows it, then diagnosed
+        error = e
+        sys.stderr.write(format_exception(e))
+        code = 1
+    finally:
+        sys.argv, sys.path[:] = saved_argv, saved_path
+    report, locations = session.finish(error)
+    return ScriptRun(report, locations, code, stopped, str(path))
+
+
+def write_json(run: ScriptRun, target: str) -> None:
+    text = json.dumps(run.to_dict(), indent=2, allow_nan=False) + "\n"
+    if target == "-":
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    out = Path(target)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text, encoding="utf-8")

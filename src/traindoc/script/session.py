@@ -1,0 +1,257 @@
+"""One diagnosed script run: the doctor at the first optimizer step, the watch after it, the crash.
+
+At the first optimizer step (before it updates any weight) the session knows what the script built:
+the optimizer that is stepping, the model (the module last called on a batch in training mode whose
+parameters that optimizer holds), the batch as it entered the model, and the loss (the model's own
+output, or the last ``torch.nn.functional`` loss the script computed, with its targets). It runs
+`traindoc.check` on them (which restores every weight, gradient, RNG and mode), then opens
+`traindoc.watch` on the model and optimizer; every later backward logs its loss, every training
+call of the model hands its batch to the watch. A second optimizer (a GAN's) is left alone and
+named in ``info``.
+
+When the script crashes, `crash_findings` turns what it captured into a diagnosis: a target out of
+the model's classes (``Target 5 is out of bounds``, a CUDA device-side assert) is proved from the
+last loss call's targets, with the offending values and samples.
+
+Every finding is placed on the user's line to change (`location_of`): the loss call, the optimizer's
+construction, the transformer layer's construction, the ``optimizer.step()`` or ``scheduler.step()``
+call, the model call.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from traindoc.api import check, watch
+from traindoc.findings import Finding, Report, internal_failure, listed
+from traindoc.script.capture import Capture, LossCall, ModelCall, Seen
+from traindoc.script.frames import Location
+
+
+class StopScript(BaseException):  # noqa: N818 (not an error: the run reached --max-steps)
+    """Raised from the optimizer step hook at ``--max-steps``: unwinds the script like Ctrl-C would,
+    past its ``except Exception`` blocks."""
+
+
+LINE_OF: dict[str, tuple[str, ...]] = {
+    # the line each finding's fix changes, in order of preference ("created:" a constructor, else a call)
+    "label-out-of-range": ("loss", "model"),
+    "padding-in-loss": ("loss", "created:dataloader", "model"),
+    "labels-not-shifted": ("loss", "model"),
+    "pad-equals-eos": ("created:dataloader", "loss", "model"),
+    "class-imbalance": ("created:dataloader", "loss"),
+    "loss-at-chance": ("loss", "model"),
+    "init-loss-mismatch": ("loss", "model"),
+    "double-softmax": ("loss", "model"),
+    "nan-loss": ("loss", "model"),
+    "batch-mixing": ("created:transformer", "model"),
+    "causal-leak": ("created:transformer", "model"),
+    "padding-leak": ("created:transformer", "model"),
+    "nan-forward": ("model",),
+    "no-grad-params": ("model", "created:optimizer"),
+    "oom-risk": ("model",),
+    "train-mode-off": ("model", "step"),
+    "params-not-in-optimizer": ("created:optimizer",),
+    "lr-too-high": ("created:optimizer",),
+    "lr-too-low": ("created:optimizer",),
+    "weight-decay-on-norms": ("created:optimizer",),
+    "loss-spike": ("created:optimizer",),
+    "divergence": ("created:optimizer",),
+    "loss-plateau": ("created:optimizer",),
+    "vanishing-gradients": ("created:optimizer", "model"),
+    "exploding-gradients": ("created:optimizer", "step"),
+    "stalled-layers": ("created:optimizer",),
+    "aggressive-clipping": ("step", "created:optimizer"),
+    "missing-zero-grad": ("step", "backward"),
+    "scheduler-misuse": ("scheduler_step", "created:scheduler"),
+    "grad-accum-normalization": ("backward", "loss"),
+    "repeated-batch": ("created:dataloader", "model"),
+    "loss-collapse": ("created:dataloader", "loss"),
+}
+
+
+def location_of(finding: Finding, seen: Seen) -> Location | None:
+    """The user's line the finding's fix changes, from what the capture saw (None when unknown)."""
+    for kind in LINE_OF.get(finding.id, ()):
+        loc = seen.created_line(kind[8:]) if kind.startswith("created:") else seen.first_line(kind)
+        if loc is not None:
+            return loc
+    return None
+
+
+def batch_of(call: ModelCall) -> tuple[Any, Callable[[torch.nn.Module, Any], Any]]:
+    """The batch as the model took it, and the call that gives it back to the model."""
+    if not call.kwargs:
+        if len(call.args) == 1:
+            return call.args[0], lambda m, b: m(b)
+        return tuple(call.args), lambda m, b: m(*b)
+    if not call.args:
+        return dict(call.kwargs), lambda m, b: m(**b)
+    return (tuple(call.args), dict(call.kwargs)), lambda m, b: m(*b[0], **b[1])
+
+
+def loss_fn_of(call: LossCall | None) -> Callable[[Any, Any], torch.Tensor] | None:
+    """The script's loss as a function of the model's output: the last ``torch.nn.functional`` loss it
+    called, on the output reshaped as the script did (``logits.view(-1, V)``), with the same targets
+    and options. None when the output cannot be matched to that call's input."""
+    if call is None or not isinstance(call.input, torch.Tensor):
+        return None
+    shape = call.input.shape
+
+    def loss_fn(output: Any, batch: Any) -> torch.Tensor:
+        x = output if isinstance(output, torch.Tensor) else getattr(output, "logits", None)
+        if x is None and isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+            x = output[0]
+        if not isinstance(x, torch.Tensor) or x.numel() != call.input.numel():
+            raise ValueError(f"the model's output does not match the input of the script's {call.name} call")
+        return call.function(x.reshape(shape), call.target, *call.args, **call.kwargs)
+
+    return loss_fn
+
+
+_OUT_OF_BOUNDS = re.compile(r"out of bounds|device-side assert|t >= 0 && t < n_classes|cur_target >= 0", re.I)
+
+
+def crash_findings(error: BaseException, seen: Seen) -> list[Finding]:
+    """What the crash proves from the captured loss call (targets out of the classes)."""
+    call = seen.loss_call
+    if call is None or not _OUT_OF_BOUNDS.search(str(error)) or call.name not in ("cross_entropy", "nll_loss"):
+        return []
+    target, logits = call.target, call.input
+    if not isinstance(target, torch.Tensor) or target.is_floating_point() or logits.dim() < 1:
+        return []
+    classes = logits.shape[1] if logits.dim() >= 2 else logits.shape[0]
+    ignore = call.kwargs.get("ignore_index", -100)
+    t = target.detach().cpu()
+    bad = ((t < 0) | (t >= classes)) & (t != ignore)
+    if not bool(bad.any()):
+        return []
+    values = sorted(set(t[bad].tolist()))
+    rows = sorted(set(bad.nonzero()[:, 0].tolist())) if t.dim() >= 1 else []
+    evidence = {"num_classes": classes, "bad_values": listed(values), "bad_count": int(bad.sum()),
+                "targets": int(t.numel()), "samples": listed(rows), "ignore_index": ignore,
+                "loss": f"F.{call.name}", "error": str(error).strip().splitlines()[0][:200]}
+    if call.location is not None:
+        evidence["loss_line"] = call.location.short()
+    return [Finding(
+        "label-out-of-range", "error",
+        f"Targets {listed(values)} are outside the model's {classes} classes (0..{classes - 1}): "
+        f"{int(bad.sum())} of {t.numel()} targets, in samples {listed(rows)}",
+        evidence,
+        f"Make the output layer as wide as the number of labels (at least {max(values) + 1} classes), or map the "
+        f"labels into 0..{classes - 1}; for padding targets pass `ignore_index` to the loss.")]
+
+
+class Session:
+    """Drives the doctor and the watch from the capture's events (see the module docstring)."""
+
+    def __init__(self, *, max_steps: int | None, run_dir: str | Path | None, quiet: bool = False):
+        self.max_steps = max_steps
+        self.run_dir = run_dir
+        self.quiet = quiet
+        self.capture = Capture(on_step=self._on_step, on_step_end=self._on_step_end,
+                               on_backward=self._on_backward, on_batch=self._on_batch)
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.model: torch.nn.Module | None = None
+        self.watch: Any = None
+        self.check_report: Report | None = None
+        self.steps = 0
+        self.notes: list[str] = []
+        self.failures: list[Finding] = []
+        self.other_optimizers = 0
+        self._others: set[int] = set()
+
+    # ------------------------------------------------------------------ events
+    def _on_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self.optimizer is None:
+            self.optimizer = optimizer
+            try:
+                self._first_step(optimizer)
+            except Exception as e:  # traindoc's own failure: reported, the script goes on
+                self.failures.append(internal_failure("traindoc run (first optimizer step)", f"{type(e).__name__}: {e}"))
+        elif optimizer is not self.optimizer and id(optimizer) not in self._others:
+            self._others.add(id(optimizer))
+            self.other_optimizers += 1
+
+    def _on_step_end(self, optimizer: torch.optim.Optimizer) -> None:
+        if optimizer is not self.optimizer:
+            return
+        self.steps += 1
+        if self.max_steps is not None and self.steps >= self.max_steps:
+            raise StopScript()
+
+    def _on_backward(self, loss: torch.Tensor) -> None:
+        if self.watch is not None:
+            self.watch.log(loss=loss)
+
+    def _on_batch(self, call: ModelCall) -> None:
+        if self.watch is not None and call.module is self.model:
+            batch, _ = batch_of(call)
+            self.watch.watch_batch(batch)
+
+    # ------------------------------------------------------------------ the first step
+    def _first_step(self, optimizer: torch.optim.Optimizer) -> None:
+        seen = self.capture.seen
+        call = seen.model_call
+        held = {id(p) for g in optimizer.param_groups for p in g["params"]}
+        if call is None or not any(id(p) in held for p in call.module.parameters()):
+            self.notes.append("no model was seen called on a batch before the first optimizer step whose parameters "
+                              "the optimizer holds: the one-batch doctor and the monitor did not run")
+            return
+        model = self.model = call.module
+        self.capture.narrow_to(model)
+        batch, forward = batch_of(call)
+        # a model that returns its loss (output.loss, (logits, loss)): `check` finds it in the output
+        loss_fn = None if call.returns_loss else loss_fn_of(seen.loss_call)
+        with self.capture.paused():
+            try:
+                self.check_report = check(model, batch, forward=forward, loss_fn=loss_fn, optimizer=optimizer)
+            except Exception as e:  # an input the doctor cannot take: say so, go on with the watch
+                self.notes.append(f"the one-batch doctor could not run: {type(e).__name__}: {e}")
+        self.watch = watch(model, optimizer, run_dir=self.run_dir, quiet=self.quiet)
+        if seen.loss is not None:
+            self.watch.log(loss=seen.loss)
+        self.watch.watch_batch(batch)
+
+    # ------------------------------------------------------------------ the end
+    def finish(self, error: BaseException | None) -> tuple[Report, list[Location | None]]:
+        """Close the watch and return the combined report and each finding's line."""
+        self.capture.remove()
+        findings: list[Finding] = []
+        info: dict[str, Any] = {"optimizer_steps": self.steps}
+        if self.check_report is not None:
+            findings += self.check_report.findings
+            info["check"] = self.check_report.info
+        if self.watch is not None:
+            watched = self.watch.close()
+            findings += watched.findings
+            info["watch"] = watched.info
+            info["run_dir"] = str(self.watch.run_dir)
+        if error is not None:
+            findings += crash_findings(error, self.capture.seen)
+        findings += self.failures
+        unique: list[Finding] = []
+        keys: set[tuple[str, str]] = set()
+        for f in findings:
+            if (f.id, f.title) not in keys:
+                keys.add((f.id, f.title))
+                unique.append(f)
+        if self.model is not None:
+            info["model"] = type(self.model).__name__
+        if self.optimizer is not None:
+            info["optimizer"] = type(self.optimizer).__name__
+        if self.other_optimizers:
+            info["other_optimizers_not_watched"] = self.other_optimizers
+        if self.notes:
+            info["notes"] = list(self.notes)
+        seen = self.capture.seen
+        info["lines"] = {kind: loc.short() for kind, loc in seen.lines.items()}
+        info["created"] = {kind: [loc.short() for _, loc in items if loc is not None][:5]
+                           for kind, items in seen.created.items()}
+        report = Report(unique, info)
+        return report, [location_of(f, seen) for f in unique]

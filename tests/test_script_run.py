@@ -1,0 +1,108 @@
+"""`traindoc run SCRIPT`: unmodified scripts, healthy and with one real bug each, diagnosed with the line
+to change; the script's own behaviour (argv, output, exit code) is kept; bad input is one message."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from traindoc.cli import main
+from traindoc.rundir import read_run
+
+SCRIPTS = Path(__file__).parent / "scripts"
+
+
+def run(tmp_path: Path, script: str, *args: str, extra: tuple[str, ...] = ()) -> tuple[int, dict]:
+    out = tmp_path / "findings.json"
+    code = main(["run", str(SCRIPTS / script), "--run-dir", str(tmp_path / "run"), "--json", str(out), *extra,
+                 "--", *args])
+    return code, json.loads(out.read_text())
+
+
+def line_of(script: str, text: str) -> int:
+    lines = (SCRIPTS / script).read_text().splitlines()
+    return next(i for i, ln in enumerate(lines, 1) if text in ln)
+
+
+def test_a_healthy_loop_runs_to_its_end_with_no_finding(tmp_path, capsys):
+    code, data = run(tmp_path, "classify.py")
+    assert code == 0 and data["ok"] and data["findings"] == []
+    assert data["version"] == 1 and data["exit_code"] == 0 and not data["stopped_at_max_steps"]
+    assert data["info"]["optimizer_steps"] == 40 and data["info"]["model"] == "Sequential"
+    assert "check" in data["info"] and "watch" in data["info"]  # the doctor ran, then the monitor
+    assert "done" in capsys.readouterr().out  # the script's own output is untouched
+    assert torch.optim.Optimizer.__init__.__qualname__ == "Optimizer.__init__"  # every hook taken out again
+
+
+def test_a_label_outside_the_classes_crashes_and_is_proved_on_the_loss_line(tmp_path, capsys):
+    code, data = run(tmp_path, "classify.py", "label")
+    err = capsys.readouterr().err
+    assert code == 1  # the script's exit status: an uncaught exception
+    assert "Traceback (most recent call last)" in err and "Target 4 is out of bounds" in err
+    assert "traindoc/script" not in err  # traindoc's wrappers are not in the user's traceback
+    (f,) = [f for f in data["findings"] if f["id"] == "label-out-of-range"]
+    assert f["severity"] == "error" and f["evidence"]["bad_values"] == [4] and f["evidence"]["num_classes"] == 4
+    assert f["location"]["line"] == line_of("classify.py", "F.cross_entropy") and not data["ok"]
+
+
+def test_a_loop_without_zero_grad_is_found_at_its_optimizer_step(tmp_path):
+    code, data = run(tmp_path, "classify.py", "nozero")
+    assert code == 0
+    (f,) = [f for f in data["findings"] if f["id"] == "missing-zero-grad"]
+    assert f["severity"] == "error" and f["location"]["line"] == line_of("classify.py", "opt.step()")
+
+
+def test_batch_first_left_false_is_found_at_the_transformer_line(tmp_path):
+    _, healthy = run(tmp_path / "a", "seq2seq.py")
+    assert healthy["findings"] == []
+    _, data = run(tmp_path / "b", "seq2seq.py", "bug")
+    (f,) = [f for f in data["findings"] if f["id"] == "batch-mixing"]
+    assert f["location"]["line"] == line_of("seq2seq.py", "nn.Transformer(")
+    report = read_run(tmp_path / "b" / "run").final_report()  # the run directory's report has it too
+    assert "batch-mixing" in report.ids
+
+
+def test_max_steps_stops_the_script_cleanly_and_still_reports(tmp_path, capsys):
+    code, data = run(tmp_path, "classify.py", "nozero", extra=("--max-steps", "5"))
+    assert code == 0 and data["stopped_at_max_steps"] and data["info"]["optimizer_steps"] == 5
+    assert "missing-zero-grad" in [f["id"] for f in data["findings"]]
+    assert "done" not in capsys.readouterr().out
+
+
+def test_the_scripts_own_exit_code_is_kept(tmp_path):
+    code, data = run(tmp_path, "classify.py", "exit")
+    assert code == 3 and data["exit_code"] == 3
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "is not a file"),
+    ("def broken(:\n", "syntax error"),
+])
+def test_a_script_that_cannot_run_is_one_message_and_status_2(tmp_path, capsys, content, message):
+    script = tmp_path / "train.py"
+    if content is not None:
+        script.write_text(content)
+    assert main(["run", str(script)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "traindoc/" not in err.replace(str(script), "")
+
+
+def test_a_script_with_no_optimizer_step_says_so(tmp_path, capsys):
+    script = tmp_path / "nostep.py"
+    script.write_text("import torch\nprint(torch.ones(2).sum().item())\n")
+    assert main(["run", str(script)]) == 0
+    assert "0 optimizer steps; no findings" in capsys.readouterr().err
+
+
+def test_python_dash_m_runs_it_too(tmp_path):
+    out = tmp_path / "f.json"
+    proc = subprocess.run([sys.executable, "-m", "traindoc", "run", str(SCRIPTS / "classify.py"), "--run-dir",
+                           str(tmp_path / "run"), "--json", str(out), "--max-steps", "3"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(out.read_text())["info"]["optimizer_steps"] == 3
