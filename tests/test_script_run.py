@@ -65,6 +65,10 @@ def test_batch_first_left_false_is_found_at_the_transformer_line(tmp_path):
     assert f["location"]["line"] == line_of("seq2seq.py", "nn.Transformer(")
     report = read_run(tmp_path / "b" / "run").final_report()  # the run directory's report has it too
     assert "batch-mixing" in report.ids
+    from traindoc.report.html import write_html_report
+
+    page = write_html_report(tmp_path / "b" / "run").read_text()
+    assert "Line to change" in page and f"seq2seq.py:{f['location']['line']}" in page
 
 
 def test_max_steps_stops_the_script_cleanly_and_still_reports(tmp_path, capsys):
@@ -106,3 +110,10 @@ def test_python_dash_m_runs_it_too(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(out.read_text())["info"]["optimizer_steps"] == 3
+
+
+def test_an_amp_scaled_loss_is_logged_unscaled(tmp_path):
+    code, data = run(tmp_path, "amp_scaled.py")
+    assert code == 0 and data["findings"] == []
+    losses = [r["loss"] for r in read_run(tmp_path / "run").scalars]
+    assert len(losses) >= 10 and all(0.1 < v < 3.0 for v in losses)  # ~ln(3), not 1024 times it

@@ -1,6 +1,7 @@
 """`traindoc report RUN_DIR`: a run directory as one self-contained HTML page that opens offline.
 
-The page holds, in this order: the findings (severity, title, evidence table, fix); the loss curve
+The page holds, in this order: the findings (severity, title, the line to change when the run came
+from `traindoc run`, evidence table, fix); the loss curve
 with spikes and plateaus marked; the learning rate of each param group; the global gradient norm vs
 step and its histogram with the 90th-percentile line (the Tuning Playbook's two plots); the per-layer
 update/weight ratio heatmap; weight and gradient histograms over time for a few layers. A section
@@ -107,6 +108,11 @@ def _finding_html(i: int, f: dict[str, Any]) -> str:
     if isinstance(step, (int, float)) and not isinstance(step, bool):
         parts.append(f'<span class="fstep">step {_esc(step)}</span>')
     parts.append("</header>")
+    where = f.get("location")
+    if isinstance(where, dict) and where.get("file"):
+        code = f' <code class="where-code">{_esc(where.get("code", ""))}</code>' if where.get("code") else ""
+        parts.append(f'<div class="where"><span class="where-label">Line to change</span> '
+                     f'<code>{_esc(where["file"])}:{_esc(where.get("line", "?"))}</code>{code}</div>')
     evidence = f.get("evidence")
     if isinstance(evidence, dict) and evidence:
         rows = "".join(
@@ -215,6 +221,7 @@ table.evidence{margin:8px 0;border:1px solid #e1e4e8} table.evidence caption{tex
 table.evidence th{background:#f6f8fa;font-weight:500;white-space:nowrap}
 table.evidence td{font-family:ui-monospace,monospace;word-break:break-all}
 table.evidence tr+tr th,table.evidence tr+tr td{border-top:1px solid #eaeef2}
+.where{margin:6px 0}.where-label{font-weight:700;margin-right:6px}.where-code{background:#f6f8fa}
 .fix{background:#eafbea;border-radius:4px;padding:6px 10px;margin-top:6px}.fix-label{font-weight:700;color:#1a7f37;margin-right:6px}
 details{margin-top:6px;color:#57606a;font-size:.92em}
 code{font-family:ui-monospace,monospace;background:#eff1f3;padding:0 3px;border-radius:3px}

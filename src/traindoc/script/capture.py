@@ -98,6 +98,7 @@ class Capture:
         self._undo: list[Callable[[], None]] = []
         self._model_hook: Any = None
         self._global_forward: list[Any] = []
+        self._unscaled: tuple[Any, torch.Tensor] | None = None
 
     @contextlib.contextmanager
     def paused(self) -> Iterator[None]:
@@ -125,6 +126,7 @@ class Capture:
             self._patch_init(cls, "transformer")
         self._patch(torch.optim.lr_scheduler.LRScheduler, "step",
                     self._line_wrapper("scheduler_step", torch.optim.lr_scheduler.LRScheduler.step))
+        self._patch(torch.amp.GradScaler, "scale", self._scale_wrapper(torch.amp.GradScaler.scale))
 
     def remove(self) -> None:
         for h in self._global_forward:
@@ -231,17 +233,37 @@ class Capture:
         capture = self
 
         @functools.wraps(original)
-        def backward(tensor: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-            if not capture._paused and tensor.numel() == 1:
-                loc = user_location()
-                if loc is not None:
-                    capture.seen.lines.setdefault("backward", loc)
-                capture.seen.loss = tensor
-                with contextlib.suppress(Exception):
-                    capture._on_backward(tensor)
-            return original(tensor, *args, **kwargs)
+        def backward(self_tensor: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+            if capture._paused or self_tensor.numel() != 1:
+                return original(self_tensor, *args, **kwargs)
+            loc = user_location()
+            if loc is not None:
+                capture.seen.lines.setdefault("backward", loc)
+            tensor, unscaled = self_tensor, capture._unscaled
+            if unscaled is not None and unscaled[0]() is self_tensor:
+                tensor = unscaled[1]  # the loss before the AMP scaler multiplied it
+            capture._unscaled = None
+            capture.seen.loss = tensor
+            out = original(self_tensor, *args, **kwargs)
+            with contextlib.suppress(Exception):  # after the backward: the loss belongs to the step it feeds
+                capture._on_backward(tensor)
+            return out
 
         return backward
+
+    def _scale_wrapper(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        """AMP: ``scaler.scale(loss).backward()`` backpropagates the scaled loss; remember which loss it
+        was, so that the loss logged is the real one, not the one times a scale that changes."""
+        capture = self
+
+        @functools.wraps(original)
+        def scale(scaler: Any, outputs: Any) -> Any:
+            scaled = original(scaler, outputs)
+            if isinstance(scaled, torch.Tensor) and isinstance(outputs, torch.Tensor) and scaled is not outputs:
+                capture._unscaled = (weakref.ref(scaled), outputs)
+            return scaled
+
+        return scale
 
     def _line_wrapper(self, kind: str, original: Callable[..., Any]) -> Callable[..., Any]:
         capture = self

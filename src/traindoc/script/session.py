@@ -190,7 +190,7 @@ class Session:
             self.watch.log(loss=loss)
 
     def _on_batch(self, call: ModelCall) -> None:
-        if self.watch is not None and call.module is self.model:
+        if self.watch is not None and getattr(call.module, "_orig_mod", call.module) is self.model:
             batch, _ = batch_of(call)
             self.watch.watch_batch(batch)
 
@@ -203,8 +203,9 @@ class Session:
             self.notes.append("no model was seen called on a batch before the first optimizer step whose parameters "
                               "the optimizer holds: the one-batch doctor and the monitor did not run")
             return
-        model = self.model = call.module
-        self.capture.narrow_to(model)
+        self.capture.narrow_to(call.module)
+        # a torch.compile'd model: the doctor and the watch work on the module it compiled
+        model = self.model = getattr(call.module, "_orig_mod", call.module)
         batch, forward = batch_of(call)
         # a model that returns its loss (output.loss, (logits, loss)): `check` finds it in the output
         loss_fn = None if call.returns_loss else loss_fn_of(seen.loss_call)
@@ -223,7 +224,7 @@ class Session:
         """Close the watch and return the combined report and each finding's line."""
         self.capture.remove()
         findings: list[Finding] = []
-        info: dict[str, Any] = {"optimizer_steps": self.steps}
+        info: dict[str, Any] = {"optimizer_steps": self.steps, "steps": self.steps}
         if self.check_report is not None:
             findings += self.check_report.findings
             info["check"] = self.check_report.info
