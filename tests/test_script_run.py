@@ -117,3 +117,10 @@ def test_an_amp_scaled_loss_is_logged_unscaled(tmp_path):
     assert code == 0 and data["findings"] == []
     losses = [r["loss"] for r in read_run(tmp_path / "run").scalars]
     assert len(losses) >= 10 and all(0.1 < v < 3.0 for v in losses)  # ~ln(3), not 1024 times it
+
+
+def test_a_nan_crash_names_the_line_where_the_nan_is_born(tmp_path, capsys):
+    code, data = run(tmp_path, "nan_crash.py")
+    assert code == 1 and "loss is nan" in capsys.readouterr().err
+    (f,) = [f for f in data["findings"] if f["id"] == "nan-forward"]
+    assert f["location"]["line"] == line_of("nan_crash.py", "torch.log(")  # in the model's forward

@@ -26,11 +26,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.overrides import TorchFunctionMode
 
 from traindoc.api import check, watch
 from traindoc.findings import Finding, Report, internal_failure, listed
 from traindoc.script.capture import Capture, LossCall, ModelCall, Seen
-from traindoc.script.frames import Location
+from traindoc.script.frames import Location, user_location
+from traindoc.setup import named_tensors
 
 
 class StopScript(BaseException):  # noqa: N818 (not an error: the run reached --max-steps)
@@ -115,10 +117,18 @@ def loss_fn_of(call: LossCall | None) -> Callable[[Any, Any], torch.Tensor] | No
 
 
 _OUT_OF_BOUNDS = re.compile(r"out of bounds|device-side assert|t >= 0 && t < n_classes|cur_target >= 0", re.I)
+_NONFINITE = re.compile(r"\bnan\b|\binf\b|non-?finite", re.I)
+_OOM = re.compile(r"out of memory|can't allocate memory|DefaultCPUAllocator", re.I)
 
 
 def crash_findings(error: BaseException, seen: Seen) -> list[Finding]:
-    """What the crash proves from the captured loss call (targets out of the classes)."""
+    """What a crash proves: targets out of the classes (from the captured loss call), a NaN/Inf (the
+    first module that makes one, on the last batch), or an out-of-memory error (what to change)."""
+    text = str(error)
+    if isinstance(error, torch.OutOfMemoryError) or _OOM.search(text):
+        return [_oom_finding(error, seen)]
+    if _NONFINITE.search(text) and seen.model_call is not None:
+        return _nonfinite_findings(seen)
     call = seen.loss_call
     if call is None or not _OUT_OF_BOUNDS.search(str(error)) or call.name not in ("cross_entropy", "nll_loss"):
         return []
@@ -145,6 +155,75 @@ def crash_findings(error: BaseException, seen: Seen) -> list[Finding]:
         evidence,
         f"Make the output layer as wide as the number of labels (at least {max(values) + 1} classes), or map the "
         f"labels into 0..{classes - 1}; for padding targets pass `ignore_index` to the loss.")]
+
+
+class _FirstNonfinite(TorchFunctionMode):
+    """Notes the user's line of the first op whose output is NaN/Inf while all its inputs are finite."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.found: tuple[str, Location | None] | None = None
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        if self.found is None and isinstance(out, torch.Tensor) and out.is_floating_point() and out.numel() \
+                and not bool(torch.isfinite(out).all()):
+            inputs = [a for a in list(args) + list((kwargs or {}).values())
+                      if isinstance(a, torch.Tensor) and a.is_floating_point()]
+            if all(bool(torch.isfinite(a).all()) for a in inputs):
+                self.found = (getattr(func, "__name__", str(func)), user_location())
+        return out
+
+
+def nonfinite_line(seen: Seen) -> Location | None:
+    """The user's line of the first operation that turns finite values into NaN/Inf, replaying the
+    model's last batch without gradients (`torch.log` of a negative value, a division by zero)."""
+    call = seen.model_call
+    if call is None:
+        return None
+    batch, forward = batch_of(call)
+    model = getattr(call.module, "_orig_mod", call.module)
+    mode = _FirstNonfinite()
+    training = [(m, m.training) for m in model.modules()]
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []), \
+                mode:
+            forward(model, batch)
+    except Exception:
+        return None
+    finally:
+        for m, flag in training:
+            m.training = flag
+    return mode.found[1] if mode.found is not None else None
+
+
+def _nonfinite_findings(seen: Seen) -> list[Finding]:
+    """The NaN/Inf replayed on the batch the model last took: the ``nan-forward`` probe names the first
+    module whose output is non-finite (or the weights that already are)."""
+    call = seen.model_call
+    assert call is not None
+    batch, forward = batch_of(call)
+    model = getattr(call.module, "_orig_mod", call.module)
+    report = check(model, batch, forward=forward, loss_fn=loss_fn_of(seen.loss_call) if not call.returns_loss
+                   else None, probes=["nan-forward"])
+    return [f for f in report.findings if f.id == "nan-forward"]
+
+
+def _oom_finding(error: BaseException, seen: Seen) -> Finding:
+    call = seen.model_call
+    shapes: dict[str, Any] = {}
+    if call is not None:
+        batch, _ = batch_of(call)
+        shapes = {name: list(t.shape) for name, t in list(named_tensors(batch).items())[:8]}
+    params = sum(p.numel() for p in call.module.parameters()) if call is not None else None
+    return Finding(
+        "oom-risk", "error",
+        "The script ran out of memory" + (f" with a batch of shapes {shapes}" if shapes else ""),
+        {"error": str(error).strip().splitlines()[0][:200], "batch_shapes": shapes, "model_params": params},
+        "Lower the batch size and keep the effective batch with gradient accumulation (divide each micro-batch "
+        "loss by the number of micro-batches), shorten the sequences, train in bf16 autocast, or enable "
+        "activation checkpointing (`model.gradient_checkpointing_enable()` for Hugging Face models).")
 
 
 class Session:
@@ -234,7 +313,10 @@ class Session:
             info["watch"] = watched.info
             info["run_dir"] = str(self.watch.run_dir)
         if error is not None:
-            findings += crash_findings(error, self.capture.seen)
+            try:
+                findings += crash_findings(error, self.capture.seen)
+            except Exception as e:  # the diagnosis failed: the user still has their traceback
+                findings.append(internal_failure("traindoc run (crash diagnosis)", f"{type(e).__name__}: {e}"))
         findings += self.failures
         unique: list[Finding] = []
         keys: set[tuple[str, str]] = set()
@@ -255,4 +337,13 @@ class Session:
         info["created"] = {kind: [loc.short() for _, loc in items if loc is not None][:5]
                            for kind, items in seen.created.items()}
         report = Report(unique, info)
-        return report, [location_of(f, seen) for f in unique]
+        locations = [location_of(f, seen) for f in unique]
+        if any(f.id in ("nan-forward", "nan-loss") for f in unique):
+            try:
+                born = nonfinite_line(seen)
+            except Exception:  # the replay failed: the finding keeps the model call's line
+                born = None
+            if born is not None:
+                locations = [born if f.id in ("nan-forward", "nan-loss") else loc
+                             for f, loc in zip(unique, locations, strict=True)]
+        return report, locations
