@@ -7,7 +7,8 @@
   passes per optimizer step), one on the smallest -> `StepRecorder.first_backward`;
 * a listener of the ``clip_grad_norm_`` patch (`traindoc.monitor.clip_patch`) -> `StepRecorder.clip`;
 * ``scaler.step`` of an AMP GradScaler, when given -> `StepRecorder.skipped_step` when the scaler
-  skipped the optimizer step.
+  skipped the optimizer step;
+* ``optimizer.zero_grad`` and ``model.zero_grad`` (wrapped on the instances) -> `StepRecorder.zero_grad`.
 
 Every hook body runs through the watch's `FailureLog`: an exception inside traindoc is recorded and
 the training goes on; the user's own exceptions (in their forward, their clip call) are untouched.
@@ -99,6 +100,8 @@ class Hooks:
         grad_hooks = [params[i].register_hook(_count_hook(me, slot)) for slot, i in enumerate(rec.count_params)]
         grad_hooks.append(params[rec.stale_param].register_hook(_stale_hook(me)))
         undo = [add_clip_listener(_ClipListener(self))]
+        for owner in (opt, rec.model):  # optimizer.zero_grad() or model.zero_grad(): a reset of the gradients
+            undo.append(_wrap_zero_grad(owner, me))
         if self.scaler is not None and hasattr(self.scaler, "step"):
             undo.append(_wrap_scaler(self.scaler, me))
         # a watch that is never closed: drop what would outlive it when it is garbage-collected
@@ -144,6 +147,36 @@ def _stale_hook(ref: weakref.ref[Hooks]) -> Callable[[torch.Tensor], None]:
             hooks.failures.guard("backward hook", hooks.recorder.first_backward)
 
     return hook
+
+
+def _wrap_zero_grad(owner: Any, ref: weakref.ref[Hooks]) -> Callable[[], None]:
+    """Wrap ``owner.zero_grad`` (on the instance) to tell the recorder the gradients were reset; return
+    the undo, which holds neither the owner nor the wrapper strongly (a watch never closed must not
+    keep the model alive through it)."""
+    had_own = "zero_grad" in vars(owner)
+    original = owner.zero_grad
+
+    def zero_grad(*args: Any, **kwargs: Any) -> Any:
+        out = original(*args, **kwargs)
+        hooks = ref()
+        if hooks is not None and hooks.active:
+            hooks.failures.guard("zero_grad hook", hooks.recorder.zero_grad)
+        return out
+
+    zero_grad.__wrapped__ = original  # type: ignore[attr-defined]
+    object.__setattr__(owner, "zero_grad", zero_grad)
+    owner_ref, wrapper_ref = weakref.ref(owner), weakref.ref(zero_grad)
+
+    def undo() -> None:
+        o, w = owner_ref(), wrapper_ref()
+        if o is None or w is None or vars(o).get("zero_grad") is not w:
+            return  # gone, or wrapped again by someone else since: leave it
+        if had_own:
+            object.__setattr__(o, "zero_grad", w.__wrapped__)  # type: ignore[attr-defined]
+        else:
+            vars(o).pop("zero_grad", None)
+
+    return undo
 
 
 def _wrap_scaler(scaler: Any, ref: weakref.ref[Hooks]) -> Callable[[], None]:

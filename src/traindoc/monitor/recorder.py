@@ -17,7 +17,8 @@ watch. Everything else runs on a cadence:
 * every ``histograms_every`` steps: the weight and gradient histograms;
 * the stale-gradient check (a missing ``zero_grad``: is the smallest parameter's gradient non-zero
   before the step's first backward?) on the first `STALE_FIRST_STEPS` steps, then on the layer-stats
-  steps (every `STALE_EVERY` steps when layer stats are off).
+  steps (every `STALE_EVERY` steps when layer stats are off). A ``zero_grad`` before the step starts
+  the step over (`zero_grad`): what was seen before it did not feed the step.
 
 The events: `pre_step` (the optimizer's step pre-hook), `post_step`, `backward` (a gradient hook on
 the first/last parameter counts backward passes per optimizer step: gradient accumulation),
@@ -213,6 +214,20 @@ class StepRecorder:
     def backward(self, slot: int) -> None:
         self._bw_counts[slot] += 1
         self._after_step = False
+
+    def zero_grad(self) -> None:
+        """The user reset the gradients (``optimizer.zero_grad()`` / ``model.zero_grad()``) before this
+        step: the backward passes and losses seen so far for it do not feed it (a GAN's generator loss
+        backpropagated through the discriminator, before the discriminator's own zero_grad)."""
+        if self._after_step:
+            return  # right after a step: nothing of the next one was seen yet
+        self._bw_counts = [0, 0]
+        self._stale_checked = False
+        m = self.metas.get(self.step)
+        if m is not None:
+            m.stale = None
+            m.losses.clear()
+            m.loss_host, m.loss_count = 0.0, 0
 
     def checks_stale(self, step: int) -> bool:
         """Whether the stale-gradient check runs on this step (see the module docstring)."""

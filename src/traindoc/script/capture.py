@@ -8,7 +8,9 @@
   being trained is known (`narrow_to`), they are replaced by one forward pre-hook on that model;
 * wrappers of the loss functions of ``torch.nn.functional`` (which the ``nn`` loss modules and the
   Hugging Face models call): the last call's function, input, target and options, and its line;
-* a wrapper of ``torch.Tensor.backward``: the tensor backpropagated (the loss) and its line;
+* a wrapper of ``torch.Tensor.backward``: the tensor backpropagated (the loss) and its line; a loss
+  divided by an integer for gradient accumulation, or multiplied by an AMP scaler, is recorded as it
+  was before;
 * wrappers of the constructors of the optimizers, LR schedulers, DataLoaders and the transformer
   layers (``nn.Transformer``, its encoder/decoder layers, ``nn.MultiheadAttention``), and of
   ``LRScheduler.step``: where each was created or called;
@@ -62,6 +64,8 @@ class LossCall:
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
     location: Location | None
+    output: Any = None
+    """A weak reference to the loss the call returned."""
 
 
 @dataclass
@@ -71,6 +75,9 @@ class Seen:
     model_call: ModelCall | None = None
     loss_call: LossCall | None = None
     loss: torch.Tensor | None = None
+    loss_is_last_call: bool = False
+    """The last backward went through the last loss call's output alone (or it divided by an integer):
+    that call is the script's loss. False for a sum of several losses (a GAN's real + fake terms)."""
     created: dict[str, list[tuple[Any, Location | None]]] = field(default_factory=dict)
     lines: dict[str, Location] = field(default_factory=dict)
     """The first user line of: "model" (its call), "loss", "backward", "step", "scheduler_step"."""
@@ -78,8 +85,13 @@ class Seen:
     def first_line(self, kind: str) -> Location | None:
         return self.lines.get(kind)
 
-    def created_line(self, kind: str) -> Location | None:
+    def created_line(self, kind: str, obj: Any = None) -> Location | None:
+        """Where ``obj`` (or, without it or when it was not seen, the first object of that kind) was built."""
         items = self.created.get(kind) or []
+        if obj is not None:
+            for ref, loc in items:
+                if ref() is obj:
+                    return loc
         return items[0][1] if items else None
 
 
@@ -99,13 +111,23 @@ class Capture:
         self._model_hook: Any = None
         self._global_forward: list[Any] = []
         self._unscaled: tuple[Any, torch.Tensor] | None = None
+        self._losses: dict[str, tuple[Callable[..., Any], Callable[..., Any]]] = {}
 
     @contextlib.contextmanager
     def paused(self) -> Iterator[None]:
+        """traindoc's own passes: nothing is recorded, and ``torch.nn.functional``'s losses are torch's
+        own again (the doctor recognises a loss call by the function itself)."""
         self._paused += 1
+        swapped = self._paused == 1 and self._losses
+        if swapped:
+            for name, (original, _) in self._losses.items():
+                setattr(F, name, original)
         try:
             yield
         finally:
+            if swapped:
+                for name, (_, wrapper) in self._losses.items():
+                    setattr(F, name, wrapper)
             self._paused -= 1
 
     # ------------------------------------------------------------------ install / remove
@@ -117,7 +139,10 @@ class Capture:
         self._undo.append(optimizer_hooks.register_optimizer_step_post_hook(self._step_post).remove)
         for name in LOSS_FUNCTIONS:
             if hasattr(F, name):
-                self._patch(F, name, self._loss_wrapper(name, getattr(F, name)))
+                original = getattr(F, name)
+                wrapper = self._loss_wrapper(name, original)
+                self._losses[name] = (original, wrapper)
+                self._patch(F, name, wrapper)
         self._patch(torch.Tensor, "backward", self._backward_wrapper(torch.Tensor.backward))
         self._patch_init(torch.optim.Optimizer, "optimizer")
         self._patch_init(torch.optim.lr_scheduler.LRScheduler, "scheduler")
@@ -139,6 +164,7 @@ class Capture:
             with contextlib.suppress(Exception):
                 undo()
         self._undo.clear()
+        self._losses.clear()
 
     def narrow_to(self, model: nn.Module) -> None:
         """The model is known: one forward pre-hook on it replaces the global forward hooks."""
@@ -222,9 +248,13 @@ class Capture:
             if not capture._paused and torch.is_grad_enabled() and isinstance(input, torch.Tensor) \
                     and input.requires_grad:
                 loc = user_location()
-                capture.seen.loss_call = LossCall(name, original, input, target, args, kwargs, loc)
+                call = capture.seen.loss_call = LossCall(name, original, input, target, args, kwargs, loc)
                 if loc is not None:
                     capture.seen.lines.setdefault("loss", loc)
+                out = original(input, target, *args, **kwargs)
+                if isinstance(out, torch.Tensor):
+                    call.output = weakref.ref(out)
+                return out
             return original(input, target, *args, **kwargs)
 
         return loss
@@ -243,6 +273,14 @@ class Capture:
             if unscaled is not None and unscaled[0]() is self_tensor:
                 tensor = unscaled[1]  # the loss before the AMP scaler multiplied it
             capture._unscaled = None
+            root = tensor.grad_fn
+            divisor = _accumulation_divisor(tensor)
+            if divisor is not None:  # `loss / k` for gradient accumulation: the loss is the undivided one
+                root = root.next_functions[0][0] if root is not None and root.next_functions else root
+                tensor = tensor.detach() * divisor
+            call = capture.seen.loss_call
+            last = call.output() if call is not None and call.output is not None else None
+            capture.seen.loss_is_last_call = last is not None and (last is tensor or last.grad_fn is root)
             capture.seen.loss = tensor
             out = original(self_tensor, *args, **kwargs)
             with contextlib.suppress(Exception):  # after the backward: the loss belongs to the step it feeds
@@ -278,6 +316,23 @@ class Capture:
             return original(obj, *args, **kwargs)
 
         return wrapper
+
+
+def _accumulation_divisor(loss: torch.Tensor) -> float | None:
+    """``k`` when ``loss`` is another scalar divided by a Python integer ``k >= 2`` (how Accelerate's
+    ``backward``, the Hugging Face Trainer and hand-written loops scale a micro-batch's loss for
+    gradient accumulation); None otherwise. Read from the autograd node: the divisor is kept there
+    as a CPU number, so reading it waits for no device."""
+    fn = loss.grad_fn
+    if fn is None or type(fn).__name__ != "DivBackward0":
+        return None
+    other = getattr(fn, "_saved_other", None)
+    if not isinstance(other, torch.Tensor) or other.dim() != 0 or other.dtype not in (torch.int64, torch.float64) \
+            or other.device.type != "cpu":
+        return None  # a tensor divisor (a token count): that division is the loss's own mean
+    # (a Python number is kept as a 0-d int64/float64 CPU tensor; a float32 or device tensor was the user's)
+    k = float(other)
+    return k if k >= 2 and k.is_integer() else None
 
 
 def _ref(obj: Any) -> Any:

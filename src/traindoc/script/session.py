@@ -77,10 +77,14 @@ LINE_OF: dict[str, tuple[str, ...]] = {
 }
 
 
-def location_of(finding: Finding, seen: Seen) -> Location | None:
-    """The user's line the finding's fix changes, from what the capture saw (None when unknown)."""
+def location_of(finding: Finding, seen: Seen, optimizer: Any = None) -> Location | None:
+    """The user's line the finding's fix changes, from what the capture saw (None when unknown); the
+    optimizer's line is the watched optimizer's."""
     for kind in LINE_OF.get(finding.id, ()):
-        loc = seen.created_line(kind[8:]) if kind.startswith("created:") else seen.first_line(kind)
+        if kind.startswith("created:"):
+            loc = seen.created_line(kind[8:], optimizer if kind == "created:optimizer" else None)
+        else:
+            loc = seen.first_line(kind)
         if loc is not None:
             return loc
     return None
@@ -244,15 +248,13 @@ class Session:
         self.failures: list[Finding] = []
         self.other_optimizers = 0
         self._others: set[int] = set()
+        self._waiting = False
 
     # ------------------------------------------------------------------ events
     def _on_step(self, optimizer: torch.optim.Optimizer) -> None:
         if self.optimizer is None:
             self.optimizer = optimizer
-            try:
-                self._first_step(optimizer)
-            except Exception as e:  # traindoc's own failure: reported, the script goes on
-                self.failures.append(internal_failure("traindoc run (first optimizer step)", f"{type(e).__name__}: {e}"))
+            self._start(optimizer, after_step=False)
         elif optimizer is not self.optimizer and id(optimizer) not in self._others:
             self._others.add(id(optimizer))
             self.other_optimizers += 1
@@ -260,9 +262,27 @@ class Session:
     def _on_step_end(self, optimizer: torch.optim.Optimizer) -> None:
         if optimizer is not self.optimizer:
             return
+        if self._waiting:  # optimizer.step(closure): the closure called the model inside the step
+            self._start(optimizer, after_step=True)
         self.steps += 1
         if self.max_steps is not None and self.steps >= self.max_steps:
             raise StopScript()
+
+    def _start(self, optimizer: torch.optim.Optimizer, *, after_step: bool) -> None:
+        """The doctor and the watch, at the first step's pre-hook; or, when the model is called inside
+        the step (``optimizer.step(closure)``, as Lightning does), at its post-hook."""
+        self._waiting = False
+        try:
+            started = self._first_step(optimizer)
+        except Exception as e:  # traindoc's own failure: reported, the script goes on
+            self.failures.append(internal_failure("traindoc run (first optimizer step)", f"{type(e).__name__}: {e}"))
+            return
+        if not started:
+            if after_step:
+                self.notes.append("no model was seen called on a batch in training mode whose parameters the "
+                                  "optimizer holds: the one-batch doctor and the monitor did not run")
+            else:
+                self._waiting = True
 
     def _on_backward(self, loss: torch.Tensor) -> None:
         if self.watch is not None:
@@ -274,20 +294,19 @@ class Session:
             self.watch.watch_batch(batch)
 
     # ------------------------------------------------------------------ the first step
-    def _first_step(self, optimizer: torch.optim.Optimizer) -> None:
+    def _first_step(self, optimizer: torch.optim.Optimizer) -> bool:
         seen = self.capture.seen
         call = seen.model_call
         held = {id(p) for g in optimizer.param_groups for p in g["params"]}
         if call is None or not any(id(p) in held for p in call.module.parameters()):
-            self.notes.append("no model was seen called on a batch before the first optimizer step whose parameters "
-                              "the optimizer holds: the one-batch doctor and the monitor did not run")
-            return
+            return False
         self.capture.narrow_to(call.module)
         # a torch.compile'd model: the doctor and the watch work on the module it compiled
         model = self.model = getattr(call.module, "_orig_mod", call.module)
         batch, forward = batch_of(call)
-        # a model that returns its loss (output.loss, (logits, loss)): `check` finds it in the output
-        loss_fn = None if call.returns_loss else loss_fn_of(seen.loss_call)
+        # a model that returns its loss (output.loss, (logits, loss)): `check` finds it in the output; a
+        # loss that is not the last loss call alone (a sum of terms) is not replayed from that call
+        loss_fn = None if call.returns_loss or not seen.loss_is_last_call else loss_fn_of(seen.loss_call)
         with self.capture.paused():
             try:
                 self.check_report = check(model, batch, forward=forward, loss_fn=loss_fn, optimizer=optimizer)
@@ -297,6 +316,7 @@ class Session:
         if seen.loss is not None:
             self.watch.log(loss=seen.loss)
         self.watch.watch_batch(batch)
+        return True
 
     # ------------------------------------------------------------------ the end
     def finish(self, error: BaseException | None) -> tuple[Report, list[Location | None]]:
@@ -309,8 +329,12 @@ class Session:
             info["check"] = self.check_report.info
         if self.watch is not None:
             watched = self.watch.close()
-            findings += watched.findings
+            proved = {f.id for f in findings if f.severity == "error"}  # the doctor's, on the first batch
+            confirmed = sorted({f.id for f in watched.findings if f.id in proved})
+            findings += [f for f in watched.findings if f.id not in proved]
             info["watch"] = watched.info
+            if confirmed:
+                info["also_found_by_the_monitor"] = confirmed
             info["run_dir"] = str(self.watch.run_dir)
         if error is not None:
             try:
@@ -336,14 +360,14 @@ class Session:
         info["lines"] = {kind: loc.short() for kind, loc in seen.lines.items()}
         info["created"] = {kind: [loc.short() for _, loc in items if loc is not None][:5]
                            for kind, items in seen.created.items()}
-        report = Report(unique, info)
-        locations = [location_of(f, seen) for f in unique]
-        if any(f.id in ("nan-forward", "nan-loss") for f in unique):
+        report = Report(unique, info)  # sorted by severity: the lines follow its order
+        locations = [location_of(f, seen, self.optimizer) for f in report.findings]
+        if any(f.id in ("nan-forward", "nan-loss") for f in report.findings):
             try:
                 born = nonfinite_line(seen)
             except Exception:  # the replay failed: the finding keeps the model call's line
                 born = None
             if born is not None:
                 locations = [born if f.id in ("nan-forward", "nan-loss") else loc
-                             for f, loc in zip(unique, locations, strict=True)]
+                             for f, loc in zip(report.findings, locations, strict=True)]
         return report, locations

@@ -41,12 +41,22 @@ def _modules(names: list[str]) -> list[str]:
     return sorted({n.split(" (also ")[0].rsplit(".", 1)[0] if "." in n else "(root)" for n in names})
 
 
+def python_path(path: str) -> str:
+    """A module or parameter path as Python reaches it from the model (a child of an ``nn.Sequential``
+    or ``nn.ModuleList`` is indexed).
+
+    >>> python_path("body.0.weight"), python_path("head")
+    ('model.body[0].weight', 'model.head')
+    """
+    return "model" + "".join(f"[{part}]" if part.isdigit() else f".{part}" for part in path.split("."))
+
+
 def _fix(modules: list[str], names: list[str]) -> str:
     shown = ", ".join(f"`{m}`" for m in modules[:3])
     if modules[0] != "(root)":
-        params = f"model.{modules[0]}.parameters()"
+        params = f"{python_path(modules[0])}.parameters()"
     else:
-        params = "[" + ", ".join(f"model.{n.split(' (also ')[0]}" for n in names[:3]) + "]"
+        params = "[" + ", ".join(python_path(n.split(" (also ")[0]) for n in names[:3]) + "]"
     return (f"Build the optimizer after the model is complete (`optimizer = AdamW(model.parameters(), ...)` "
             f"once {shown} exist), or add them: `optimizer.add_param_group({{'params': {params}}})`. "
             "If they are frozen on purpose, `requires_grad_(False)` says so.")
