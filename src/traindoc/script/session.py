@@ -354,6 +354,8 @@ class Session:
             info["optimizer"] = type(self.optimizer).__name__
         if self.other_optimizers:
             info["other_optimizers_not_watched"] = self.other_optimizers
+        if self.optimizer is None:
+            self.notes.append("no optimizer step was seen: the script trained nothing traindoc could diagnose")
         if self.notes:
             info["notes"] = list(self.notes)
         seen = self.capture.seen
