@@ -267,6 +267,9 @@ def test_demo_end_to_end_small_with_its_output_sent_to_a_log(tmp_path):
         assert [s for s, _ in summary[name]["heldout"]] == [0, 1, 2, 3, 4, 5, 6]
         assert (tmp_path / "out" / f"run-{name}" / "report.html").exists()
         assert f"traindoc.watch({name})" in text
+    # the broken run's page holds what the doctor proved on the same model, not only the monitor's findings
+    page = (tmp_path / "out" / "run-broken" / "report.html").read_text()
+    assert all(f'data-finding-id="{fid}"' in page for fid in demo_main.EXPECTED)
     assert len(summary["replies"]) == len(demo_main.PROMPTS)
     assert "greedy replies" in text and "held-out loss" in text
     assert "seed" not in text.lower()

@@ -31,7 +31,9 @@ from traindoc.demo.curves import Curve, print_curves, write_curves_html
 from traindoc.demo.data import prepare_data
 from traindoc.demo.model import ModelConfig
 from traindoc.demo.train import greedy_reply, make_twins, prompt_dependence, train_side_by_side
+from traindoc.findings import Report
 from traindoc.report.html import write_html_report
+from traindoc.rundir import replace_report
 
 DEMO_DEPENDENCIES = ("chitchat_dataset", "tokenizers", "plotly")
 INSTALL_HINT = "pip install 'traindoc[demo]'"
@@ -106,12 +108,12 @@ def _run(n_steps: int, out: Path, json_path: str | Path | None, threads: int, co
         f"clip_grad_norm_(1.0); the fixed twin starts from the same weights. Loss at chance: "
         f"ln({cfg.vocab_size}) = {math.log(cfg.vocab_size):.2f}\n")
 
-    diagnosed = _check(console, broken, fixed, batches[0], tok, json_path)
+    diagnosed, checked = _check(console, broken, fixed, batches[0], tok, json_path)
 
     console.print(Rule(f"training both models side by side, {n_steps} steps of {BATCH_SIZE} pairs"))
     _train(console, (broken, fixed), batches, heldout, out)
     summary = _print_results(console, broken, fixed, heldout)
-    summary["watch"] = _print_watch(console, (broken, fixed), out)
+    summary["watch"] = _print_watch(console, (broken, fixed), out, checked)
 
     console.print(Rule(f"greedy replies (batch of one, at most {MAX_REPLY_TOKENS} tokens)"))
     summary["replies"] = _print_replies(console, (broken, fixed), tok, cfg.block_size)
@@ -143,9 +145,10 @@ def _print_data(console: Any, data: Any, batch: dict, heldout: list, seconds: fl
     console.print()
 
 
-def _check(console: Any, broken: Any, fixed: Any, batch: dict, tok: Any, json_path: str | Path | None) -> bool:
+def _check(console: Any, broken: Any, fixed: Any, batch: dict, tok: Any, json_path: str | Path | None,
+           ) -> tuple[bool, dict[str, Report]]:
     """traindoc.check on both models, each called as it is trained. True when the check finds the
-    broken model's bugs and no error in the fixed one."""
+    broken model's bugs and no error in the fixed one; and the two reports."""
     console.print(Rule("traindoc.check(broken model, one real batch)"))
     reports = {t.name: traindoc.check(t.model, batch, forward=t.forward, loss_fn=t.loss_fn,
                                       optimizer=t.optimizer, tokenizer=tok)
@@ -164,7 +167,7 @@ def _check(console: Any, broken: Any, fixed: Any, batch: dict, tok: Any, json_pa
     if missed:
         console.print(f"[bold red]traindoc.check missed the broken model's {', '.join(missed)}[/bold red]")
     console.print()
-    return not missed and report.ok
+    return not missed and report.ok, reports
 
 
 def _train(console: Any, twins: tuple, batches: list, heldout: list, out: Path) -> None:
@@ -237,12 +240,17 @@ def _print_results(console: Any, broken: Any, fixed: Any, heldout: list) -> dict
                for t, tail in ((broken, b_train), (fixed, f_train))}}
 
 
-def _print_watch(console: Any, twins: tuple, out: Path) -> dict[str, Any]:
-    """What traindoc.watch saw during each run, and the HTML report of each run directory."""
+def _print_watch(console: Any, twins: tuple, out: Path, checked: dict[str, Report]) -> dict[str, Any]:
+    """What traindoc.watch saw during each run, and the HTML report of each run directory, which holds
+    what `traindoc.check` proved on the same model before training too."""
     result: dict[str, Any] = {}
     for twin in twins:
         report = twin.watch_report
         loud = [f for f in report.findings if f.severity != "hint"]
+        proved = checked[twin.name]
+        both = Report(proved.findings + [f for f in report.findings if f.id not in proved.ids],
+                      {**report.info, "check": proved.info})
+        replace_report(out / f"run-{twin.name}", both.to_dict())
         html = write_html_report(out / f"run-{twin.name}")
         what = "; ".join(f"{f.id}: {escape(f.title)}" for f in loud) if loud else "no warning, no error"
         console.print(f"traindoc.watch({twin.name}): {what}  [dim]({html})[/dim]")
