@@ -196,20 +196,36 @@ def _print_script_run(run: Any, out: TextIO) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    import os
+
     from traindoc.rundir import replace_report
     from traindoc.script.runner import run_script, write_json
 
+    # under torchrun every process runs this: rank 0 reports, the others diagnose quietly in their own
+    # run directories (RUN_DIR-rank1, ...)
+    rank, world = int(os.environ.get("RANK", "0") or 0), int(os.environ.get("WORLD_SIZE", "1") or 1)
+    run_dir = args.run_dir
+    if rank and run_dir is not None:
+        run_dir = f"{run_dir}-rank{rank}"
     out = sys.stderr
-    run = run_script(args.script, list(args.script_args), max_steps=args.max_steps, run_dir=args.run_dir,
-                     quiet=False)
+    run = run_script(args.script, list(args.script_args), max_steps=args.max_steps, run_dir=run_dir,
+                     quiet=rank != 0)
+    if world > 1:
+        run.report.info.update({"rank": rank, "world_size": world})
+    report_dir = run.report.info.get("run_dir")
+    if report_dir:  # the run directory's report holds the doctor's findings too, with their lines
+        replace_report(report_dir, run.to_dict())
+    if rank:
+        return run.exit_code
     _print_script_run(run, out)
-    run_dir = run.report.info.get("run_dir")
-    if run_dir:  # the run directory's report holds the doctor's findings too, with their lines
-        replace_report(run_dir, run.to_dict())
+    if world > 1:
+        print(f"  rank 0 of {world} processes (the others' run directories end in -rank1, -rank2, ...); "
+              "findings that need every rank (the same data on each, replicas drifting apart) are not "
+              "looked for yet", file=out)
     if args.json is not None:
         write_json(run, args.json)
-    if args.html and run_dir:
-        args.output, args.run_dir = None, run_dir
+    if args.html and report_dir:
+        args.output, args.run_dir = None, report_dir
         _write_html(args, out)
     return run.exit_code
 

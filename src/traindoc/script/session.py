@@ -35,6 +35,18 @@ from traindoc.script.frames import Location, user_location
 from traindoc.setup import named_tensors
 
 
+def inner_module(module: torch.nn.Module) -> torch.nn.Module:
+    """The model a wrapper trains: through ``torch.compile`` (``_orig_mod``) and DistributedDataParallel /
+    DataParallel (``module``), so that the doctor's passes run no collective and no compiled graph."""
+    while True:
+        if hasattr(module, "_orig_mod") and isinstance(module._orig_mod, torch.nn.Module):
+            module = module._orig_mod
+        elif isinstance(module, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)):
+            module = module.module
+        else:
+            return module
+
+
 class StopScript(BaseException):  # noqa: N818 (not an error: the run reached --max-steps)
     """Raised from the optimizer step hook at ``--max-steps``: unwinds the script like Ctrl-C would,
     past its ``except Exception`` blocks."""
@@ -186,7 +198,7 @@ def nonfinite_line(seen: Seen) -> Location | None:
     if call is None:
         return None
     batch, forward = batch_of(call)
-    model = getattr(call.module, "_orig_mod", call.module)
+    model = inner_module(call.module)
     mode = _FirstNonfinite()
     training = [(m, m.training) for m in model.modules()]
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
@@ -208,7 +220,7 @@ def _nonfinite_findings(seen: Seen) -> list[Finding]:
     call = seen.model_call
     assert call is not None
     batch, forward = batch_of(call)
-    model = getattr(call.module, "_orig_mod", call.module)
+    model = inner_module(call.module)
     report = check(model, batch, forward=forward, loss_fn=loss_fn_of(seen.loss_call) if not call.returns_loss
                    else None, probes=["nan-forward"])
     return [f for f in report.findings if f.id == "nan-forward"]
@@ -289,7 +301,7 @@ class Session:
             self.watch.log(loss=loss)
 
     def _on_batch(self, call: ModelCall) -> None:
-        if self.watch is not None and getattr(call.module, "_orig_mod", call.module) is self.model:
+        if self.watch is not None and inner_module(call.module) is self.model:
             batch, _ = batch_of(call)
             self.watch.watch_batch(batch)
 
@@ -301,8 +313,7 @@ class Session:
         if call is None or not any(id(p) in held for p in call.module.parameters()):
             return False
         self.capture.narrow_to(call.module)
-        # a torch.compile'd model: the doctor and the watch work on the module it compiled
-        model = self.model = getattr(call.module, "_orig_mod", call.module)
+        model = self.model = inner_module(call.module)
         batch, forward = batch_of(call)
         # a model that returns its loss (output.loss, (logits, loss)): `check` finds it in the output; a
         # loss that is not the last loss call alone (a sum of terms) is not replayed from that call
