@@ -181,13 +181,31 @@ def _one_line(e: BaseException) -> str:
     return " ".join(text.split())[:160]
 
 
+def train_step(wl: Workload, batch: Any, before_step: Callable[[], None] | None = None) -> torch.Tensor:
+    """One step of the workload's loop (forward, loss, backward, clip, optimizer step, zero_grad)."""
+    model, opt = wl.model, wl.opt
+    logits, target = wl.outputs(model, batch)
+    loss = F.cross_entropy(logits, target)
+    loss.backward()
+    if wl.clip is not None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), wl.clip)
+    if before_step is not None:
+        before_step()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return loss
+
+
 def bare_round(wl: Workload, batches: list[Any], anomaly: bool = False, grad_norm: bool = False,
                ) -> tuple[list[float], float]:
     """The bare loop (optionally under torch's anomaly mode, or with one fused gradient norm per step
     before the optimizer step); per-step wall seconds, round CPU seconds."""
-    model, opt = wl.model, wl.opt
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = [p for p in wl.model.parameters() if p.requires_grad]
     norms = torch.zeros(len(params))
+
+    def norm() -> None:  # what any per-step gradient-norm monitor must at least do: read every gradient once
+        torch.stack(torch._foreach_norm([p.grad for p in params], 2.0), out=norms)
+
     previous = torch.is_anomaly_enabled()
     torch.autograd.set_detect_anomaly(anomaly)
     try:
@@ -195,15 +213,7 @@ def bare_round(wl: Workload, batches: list[Any], anomaly: bool = False, grad_nor
         cpu0 = time.process_time()
         for batch in batches:
             t0 = time.perf_counter()
-            logits, target = wl.outputs(model, batch)
-            loss = F.cross_entropy(logits, target)
-            loss.backward()
-            if wl.clip is not None:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), wl.clip)
-            if grad_norm:  # what any per-step gradient-norm monitor must at least do: read every gradient once
-                torch.stack(torch._foreach_norm([p.grad for p in params], 2.0), out=norms)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+            train_step(wl, batch, norm if grad_norm else None)
             times.append(time.perf_counter() - t0)
         return times, time.process_time() - cpu0
     finally:
@@ -227,13 +237,7 @@ def traindoc_round(wl: Workload, batches: list[Any], watch_kwargs: dict[str, Any
             cpu0 = time.process_time()
             for batch in batches:
                 t0 = time.perf_counter()
-                logits, target = wl.outputs(model, batch)
-                loss = F.cross_entropy(logits, target)
-                loss.backward()
-                if wl.clip is not None:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), wl.clip)
-                opt.step()
-                opt.zero_grad(set_to_none=True)
+                loss = train_step(wl, batch)
                 w.log(loss=loss, tokens=wl.tokens(batch))
                 times.append(time.perf_counter() - t0)
             cpu = time.process_time() - cpu0

@@ -12,12 +12,9 @@ import sys
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import Any, TextIO
 
 from traindoc.errors import TraindocInputError
-
-if TYPE_CHECKING:
-    from traindoc.findings import Report
 
 DESCRIPTION = """\
 traindoc finds out why a PyTorch training run does not learn. In Python, traindoc.check(model, batch)
@@ -103,14 +100,16 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- report
 
 
-def _write_json(report: Report, target: str, run_dir: Path, out: TextIO) -> None:
-    text = report.to_json() + "\n"
+def _write_json(text: str, target: str, out: TextIO, own_report: Path | None = None) -> None:
+    """``text`` to stdout (``-``) or to the file ``target``, which must not be ``own_report`` (the run
+    directory's report.json, which the run itself owns)."""
+    text += "\n"
     if target == "-":
         sys.stdout.write(text)
         sys.stdout.flush()
         return
     path = Path(target)
-    if path.resolve() == (run_dir / "report.json").resolve():
+    if own_report is not None and path.resolve() == own_report.resolve():
         raise TraindocInputError("--json", f"{path} is the run's own report.json; choose another path")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")
@@ -150,7 +149,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     run = read_run(args.run_dir)
     report = run.final_report()
     if args.json is not None:
-        _write_json(report, args.json, run.path, out)
+        _write_json(report.to_json(), args.json, out, run.path / "report.json")
     if not args.no_html and not _write_html(args, out):
         return 2
     state = "closed" if run.report is not None else "not closed (no report.json)"
@@ -199,7 +198,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     import os
 
     from traindoc.rundir import replace_report
-    from traindoc.script.runner import run_script, write_json
+    from traindoc.script.runner import run_script
 
     # under torchrun every process runs this: rank 0 reports, the others diagnose quietly in their own
     # run directories (RUN_DIR-rank1, ...)
@@ -223,7 +222,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
               "findings that need every rank (the same data on each, replicas drifting apart) are not "
               "looked for yet", file=out)
     if args.json is not None:
-        write_json(run, args.json)
+        _write_json(run.to_json(), args.json, out)
     if args.html and report_dir:
         args.output, args.run_dir = None, report_dir
         _write_html(args, out)

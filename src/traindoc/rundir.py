@@ -113,7 +113,7 @@ class RunDirWriter:
                 os.fsync(f.fileno())
 
     def write_report(self, report_dict: dict[str, Any]) -> None:
-        _atomic_write(self.path / "report.json", json.dumps(jsonable(report_dict), indent=2, allow_nan=False))
+        replace_report(self.path, report_dict)
 
     def close(self) -> None:
         self.flush(durable=True)

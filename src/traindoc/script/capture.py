@@ -266,9 +266,10 @@ class Capture:
         def backward(self_tensor: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
             if capture._paused or self_tensor.numel() != 1:
                 return original(self_tensor, *args, **kwargs)
-            loc = user_location()
-            if loc is not None:
-                capture.seen.lines.setdefault("backward", loc)
+            if "backward" not in capture.seen.lines:  # the first backward's line; no stack walk after it
+                loc = user_location()
+                if loc is not None:
+                    capture.seen.lines["backward"] = loc
             tensor, unscaled = self_tensor, capture._unscaled
             if unscaled is not None and unscaled[0]() is self_tensor:
                 tensor = unscaled[1]  # the loss before the AMP scaler multiplied it

@@ -53,6 +53,9 @@ class ScriptRun:
                 "exit_code": self.exit_code, "script": self.script, "stopped_at_max_steps": self.stopped,
                 "findings": findings, "info": jsonable(self.report.info)}
 
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, allow_nan=False)
+
 
 def _exit_code(code: Any) -> int:
     """``sys.exit(code)`` as the interpreter turns it into a process exit status."""
@@ -107,14 +110,3 @@ def run_script(script: str | os.PathLike[str], args: list[str], *, max_steps: in
         sys.argv, sys.path[:] = saved_argv, saved_path
     report, locations = session.finish(error)
     return ScriptRun(report, locations, code, stopped, str(path))
-
-
-def write_json(run: ScriptRun, target: str) -> None:
-    text = json.dumps(run.to_dict(), indent=2, allow_nan=False) + "\n"
-    if target == "-":
-        sys.stdout.write(text)
-        sys.stdout.flush()
-        return
-    out = Path(target)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text, encoding="utf-8")

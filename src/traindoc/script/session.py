@@ -113,6 +113,12 @@ def batch_of(call: ModelCall) -> tuple[Any, Callable[[torch.nn.Module, Any], Any
     return (tuple(call.args), dict(call.kwargs)), lambda m, b: m(*b[0], **b[1])
 
 
+def replay_of(call: ModelCall) -> tuple[torch.nn.Module, Any, Callable[[torch.nn.Module, Any], Any]]:
+    """The model the call trained (`inner_module`), the batch it took, and the call that gives it back."""
+    batch, forward = batch_of(call)
+    return inner_module(call.module), batch, forward
+
+
 def loss_fn_of(call: LossCall | None) -> Callable[[Any, Any], torch.Tensor] | None:
     """The script's loss as a function of the model's output: the last ``torch.nn.functional`` loss it
     called, on the output reshaped as the script did (``logits.view(-1, V)``), with the same targets
@@ -197,8 +203,7 @@ def nonfinite_line(seen: Seen) -> Location | None:
     call = seen.model_call
     if call is None:
         return None
-    batch, forward = batch_of(call)
-    model = inner_module(call.module)
+    model, batch, forward = replay_of(call)
     mode = _FirstNonfinite()
     training = [(m, m.training) for m in model.modules()]
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
@@ -219,8 +224,7 @@ def _nonfinite_findings(seen: Seen) -> list[Finding]:
     module whose output is non-finite (or the weights that already are)."""
     call = seen.model_call
     assert call is not None
-    batch, forward = batch_of(call)
-    model = inner_module(call.module)
+    model, batch, forward = replay_of(call)
     report = check(model, batch, forward=forward, loss_fn=loss_fn_of(seen.loss_call) if not call.returns_loss
                    else None, probes=["nan-forward"])
     return [f for f in report.findings if f.id == "nan-forward"]
@@ -313,8 +317,8 @@ class Session:
         if call is None or not any(id(p) in held for p in call.module.parameters()):
             return False
         self.capture.narrow_to(call.module)
-        model = self.model = inner_module(call.module)
-        batch, forward = batch_of(call)
+        model, batch, forward = replay_of(call)
+        self.model = model
         # a model that returns its loss (output.loss, (logits, loss)): `check` finds it in the output; a
         # loss that is not the last loss call alone (a sum of terms) is not replayed from that call
         loss_fn = None if call.returns_loss or not seen.loss_is_last_call else loss_fn_of(seen.loss_call)
