@@ -132,7 +132,7 @@ def test_under_torchrun_rank_0_reports_and_training_is_unchanged(tmp_path):
     torchrun = Path(sys.executable).with_name("torchrun")
     env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
     script = str(SCRIPTS / "ddp_train.py")
-    common = ["--nproc_per_node=2", "--master_port=29561"]
+    common = ["--standalone", "--nproc_per_node=2"]  # a free port of its own: no clash with another run
     plain = subprocess.run([str(torchrun), *common, script], capture_output=True, text=True, timeout=300, env=env)
     traced = subprocess.run([str(torchrun), *common, "-m", "traindoc", "run", script, "--run-dir",
                              str(tmp_path / "run"), "--json", str(tmp_path / "f.json")],
@@ -145,3 +145,29 @@ def test_under_torchrun_rank_0_reports_and_training_is_unchanged(tmp_path):
     assert "check" in data["info"] and data["findings"] == []
     assert (tmp_path / "run-rank1" / "report.json").exists()
     assert traced.stderr.count("optimizer steps;") == 1  # one report, from rank 0
+
+
+def test_an_exception_inside_traindocs_hooks_is_reported_and_the_script_goes_on(tmp_path, monkeypatch, capsys):
+    import traindoc.script.capture as capture
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom inside traindoc")
+
+    monkeypatch.setattr(capture, "user_location", broken)
+    code, data = run(tmp_path, "classify.py")
+    assert code == 0 and "done" in capsys.readouterr().out  # the script ran to its end
+    failed = [f for f in data["findings"] if f["id"] == "probe-failed"]
+    assert failed and all(f["severity"] == "hint" for f in failed)
+    assert any("boom inside traindoc" in json.dumps(f["evidence"]) + f["message"] for f in failed)
+    assert data["info"]["optimizer_steps"] == 40 and "check" in data["info"]  # the doctor still ran
+
+
+def test_an_out_of_memory_crash_says_what_to_change_and_other_errors_do_not():
+    from traindoc.script.capture import ModelCall, Seen
+    from traindoc.script.session import crash_findings
+
+    model = torch.nn.Linear(4, 2)
+    seen = Seen(model_call=ModelCall(model, (torch.randn(3, 4),), {}, None))
+    (f,) = crash_findings(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), seen)
+    assert f.id == "oom-risk" and f.evidence["batch_shapes"] == {"batch": [3, 4]} and "batch size" in f.fix
+    assert crash_findings(ValueError("shapes do not match"), seen) == []

@@ -17,7 +17,8 @@
 * global optimizer step pre- and post-hooks (``torch.optim.optimizer``): every optimizer step.
 
 Each wrapper records references and a line only (no copy, no device op), calls the original, and is
-silent while `paused` (traindoc's own passes). `remove` restores everything.
+silent while `paused` (traindoc's own passes). An exception in traindoc's part of a hook is kept in
+`Capture.errors`, never raised into the script. `remove` restores everything.
 """
 
 from __future__ import annotations
@@ -112,6 +113,8 @@ class Capture:
         self._global_forward: list[Any] = []
         self._unscaled: tuple[Any, torch.Tensor] | None = None
         self._losses: dict[str, tuple[Callable[..., Any], Callable[..., Any]]] = {}
+        self.errors: dict[str, str] = {}
+        """traindoc's own exceptions inside a hook, by place (the first of each): reported, never raised."""
 
     @contextlib.contextmanager
     def paused(self) -> Iterator[None]:
@@ -194,21 +197,42 @@ class Capture:
         def __init__(obj: Any, *args: Any, **kwargs: Any) -> None:  # noqa: N807 (the wrapped constructor)
             original(obj, *args, **kwargs)
             if not capture._paused:
-                capture.seen.created.setdefault(kind, []).append((_ref(obj), user_location()))
+                capture._contained(f"{kind} constructor", capture._created, kind, obj)
 
         self._patch(cls, "__init__", __init__)
 
     # ------------------------------------------------------------------ hook bodies
+    def _where(self) -> Location | None:
+        """The user's line of the current call (`user_location`), or None: a failure to find it costs only
+        the line, never the hook."""
+        try:
+            return user_location()
+        except Exception as e:
+            self.errors.setdefault("locating the user's line", f"{type(e).__name__}: {e}")
+            return None
+
+    def _contained(self, where: str, fn: Callable[..., None], *args: Any) -> None:
+        """``fn(*args)``; an exception of traindoc's own is kept in `errors` (reported at the end), never
+        raised into the script."""
+        try:
+            fn(*args)
+        except Exception as e:
+            self.errors.setdefault(where, f"{type(e).__name__}: {e}")
+
     def _forward_pre(self, module: nn.Module, args: tuple[Any, ...]) -> None:
-        if self._paused:
-            return
+        if not self._paused:
+            self._contained("forward pre-hook", self._enter_call, module)
+
+    def _enter_call(self, module: nn.Module) -> None:
         self._depth += 1
         if self._depth == 1:
-            self._pending = (module, user_location())
+            self._pending = (module, self._where())
 
     def _forward_post(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
-        if self._paused:
-            return
+        if not self._paused:
+            self._contained("forward hook", self._leave_call, module, args, kwargs, output)
+
+    def _leave_call(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
         self._depth = max(0, self._depth - 1)
         if self._depth == 0 and self._pending is not None and self._pending[0] is module:
             location = self._pending[1]
@@ -218,8 +242,8 @@ class Capture:
                 self._record_call(ModelCall(module, args, dict(kwargs), location, returns_loss))
 
     def _model_pre(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        if not self._paused and module.training and torch.is_grad_enabled():
-            self._record_call(ModelCall(module, args, dict(kwargs), None))  # after the doctor: the batch only
+        if not self._paused and module.training and torch.is_grad_enabled():  # after the doctor: the batch only
+            self._contained("model forward pre-hook", self._record_call, ModelCall(module, args, dict(kwargs), None))
 
     def _record_call(self, call: ModelCall) -> None:
         if call.location is not None:
@@ -228,12 +252,12 @@ class Capture:
         self._on_batch(call)
 
     def _step_pre(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        if self._paused:
-            return
+        if not self._paused:
+            self._contained("optimizer step pre-hook", self._step_started, optimizer)
+
+    def _step_started(self, optimizer: torch.optim.Optimizer) -> None:
         if "step" not in self.seen.lines:
-            loc = user_location()
-            if loc is not None:
-                self.seen.lines["step"] = loc
+            self._line("step")
         self._on_step(optimizer)
 
     def _step_post(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
@@ -247,10 +271,8 @@ class Capture:
         def loss(input: Any, target: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: A002 (torch's names)
             if not capture._paused and torch.is_grad_enabled() and isinstance(input, torch.Tensor) \
                     and input.requires_grad:
-                loc = user_location()
-                call = capture.seen.loss_call = LossCall(name, original, input, target, args, kwargs, loc)
-                if loc is not None:
-                    capture.seen.lines.setdefault("loss", loc)
+                call = LossCall(name, original, input, target, args, kwargs, None)
+                capture._contained("loss function", capture._loss_called, call)
                 out = original(input, target, *args, **kwargs)
                 if isinstance(out, torch.Tensor):
                     call.output = weakref.ref(out)
@@ -266,29 +288,50 @@ class Capture:
         def backward(self_tensor: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
             if capture._paused or self_tensor.numel() != 1:
                 return original(self_tensor, *args, **kwargs)
-            if "backward" not in capture.seen.lines:  # the first backward's line; no stack walk after it
-                loc = user_location()
-                if loc is not None:
-                    capture.seen.lines["backward"] = loc
-            tensor, unscaled = self_tensor, capture._unscaled
-            if unscaled is not None and unscaled[0]() is self_tensor:
-                tensor = unscaled[1]  # the loss before the AMP scaler multiplied it
-            capture._unscaled = None
-            root = tensor.grad_fn
-            divisor = _accumulation_divisor(tensor)
-            if divisor is not None:  # `loss / k` for gradient accumulation: the loss is the undivided one
-                root = root.next_functions[0][0] if root is not None and root.next_functions else root
-                tensor = tensor.detach() * divisor
-            call = capture.seen.loss_call
-            last = call.output() if call is not None and call.output is not None else None
-            capture.seen.loss_is_last_call = last is not None and (last is tensor or last.grad_fn is root)
-            capture.seen.loss = tensor
+            recorded: list[torch.Tensor] = []
+            capture._contained("backward", capture._backward_called, self_tensor, recorded)
             out = original(self_tensor, *args, **kwargs)
-            with contextlib.suppress(Exception):  # after the backward: the loss belongs to the step it feeds
-                capture._on_backward(tensor)
+            if recorded:  # after the backward: the loss belongs to the step it feeds
+                capture._contained("backward", capture._on_backward, recorded[0])
             return out
 
         return backward
+
+    def _backward_called(self, self_tensor: torch.Tensor, recorded: list[torch.Tensor]) -> None:
+        """The loss a backward starts from (see `_backward_wrapper`), appended to ``recorded``."""
+        seen = self.seen
+        if "backward" not in seen.lines:  # the first backward's line; no stack walk after it
+            loc = self._where()
+            if loc is not None:
+                seen.lines["backward"] = loc
+        tensor, unscaled = self_tensor, self._unscaled
+        if unscaled is not None and unscaled[0]() is self_tensor:
+            tensor = unscaled[1]  # the loss before the AMP scaler multiplied it
+        self._unscaled = None
+        root = tensor.grad_fn
+        divisor = _accumulation_divisor(tensor)
+        if divisor is not None:  # `loss / k` for gradient accumulation: the loss is the undivided one
+            root = root.next_functions[0][0] if root is not None and root.next_functions else root
+            tensor = tensor.detach() * divisor
+        call = seen.loss_call
+        last = call.output() if call is not None and call.output is not None else None
+        seen.loss_is_last_call = last is not None and (last is tensor or last.grad_fn is root)
+        seen.loss = tensor
+        recorded.append(tensor)
+
+    def _line(self, kind: str) -> None:
+        loc = self._where()
+        if loc is not None:
+            self.seen.lines[kind] = loc
+
+    def _loss_called(self, call: LossCall) -> None:
+        call.location = self._where()
+        self.seen.loss_call = call
+        if call.location is not None:
+            self.seen.lines.setdefault("loss", call.location)
+
+    def _created(self, kind: str, obj: Any) -> None:
+        self.seen.created.setdefault(kind, []).append((_ref(obj), self._where()))
 
     def _scale_wrapper(self, original: Callable[..., Any]) -> Callable[..., Any]:
         """AMP: ``scaler.scale(loss).backward()`` backpropagates the scaled loss; remember which loss it
@@ -311,9 +354,7 @@ class Capture:
         def wrapper(obj: Any, *args: Any, **kwargs: Any) -> Any:
             # the constructor's own first step() comes before _step_count reaches 1: not the user's call
             if not capture._paused and kind not in capture.seen.lines and getattr(obj, "_step_count", 0) >= 1:
-                loc = user_location()
-                if loc is not None:
-                    capture.seen.lines[kind] = loc
+                capture._contained(f"{kind} line", capture._line, kind)
             return original(obj, *args, **kwargs)
 
         return wrapper

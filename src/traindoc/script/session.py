@@ -357,6 +357,8 @@ class Session:
             except Exception as e:  # the diagnosis failed: the user still has their traceback
                 findings.append(internal_failure("traindoc run (crash diagnosis)", f"{type(e).__name__}: {e}"))
         findings += self.failures
+        findings += [internal_failure(f"traindoc run ({where})", text)
+                     for where, text in self.capture.errors.items()]
         unique: list[Finding] = []
         keys: set[tuple[str, str]] = set()
         for f in findings:
