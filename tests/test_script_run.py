@@ -126,27 +126,6 @@ def test_a_nan_crash_names_the_line_where_the_nan_is_born(tmp_path, capsys):
     assert f["location"]["line"] == line_of("nan_crash.py", "torch.log(")  # in the model's forward
 
 
-def test_under_torchrun_rank_0_reports_and_training_is_unchanged(tmp_path):
-    """Two gloo processes: the doctor runs on the module DDP wraps (no collective of its own), rank 0
-    writes the report, the other rank its own run directory; the script's result is what it is plain."""
-    torchrun = Path(sys.executable).with_name("torchrun")
-    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
-    script = str(SCRIPTS / "ddp_train.py")
-    common = ["--standalone", "--nproc_per_node=2"]  # a free port of its own: no clash with another run
-    plain = subprocess.run([str(torchrun), *common, script], capture_output=True, text=True, timeout=300, env=env)
-    traced = subprocess.run([str(torchrun), *common, "-m", "traindoc", "run", script, "--run-dir",
-                             str(tmp_path / "run"), "--json", str(tmp_path / "f.json")],
-                            capture_output=True, text=True, timeout=300, env=env)
-    assert plain.returncode == 0 and traced.returncode == 0, traced.stderr[-2000:]
-    done = [ln for ln in traced.stdout.splitlines() if ln.startswith("done")]
-    assert done == [ln for ln in plain.stdout.splitlines() if ln.startswith("done")]
-    data = json.loads((tmp_path / "f.json").read_text())
-    assert data["info"]["rank"] == 0 and data["info"]["world_size"] == 2 and data["info"]["model"] == "Sequential"
-    assert "check" in data["info"] and data["findings"] == []
-    assert (tmp_path / "run-rank1" / "report.json").exists()
-    assert traced.stderr.count("optimizer steps;") == 1  # one report, from rank 0
-
-
 def test_an_exception_inside_traindocs_hooks_is_reported_and_the_script_goes_on(tmp_path, monkeypatch, capsys):
     import traindoc.script.capture as capture
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Entry:
     id: str
-    category: str  # data | model | optimization | resources | internal
+    category: str  # data | model | optimization | resources | distributed | internal
     meaning: str
     proof: str
     fix: str
@@ -369,6 +369,63 @@ _ENTRIES = [
         "Halve the batch and use gradient accumulation, enable gradient checkpointing, or use "
         "mixed precision.",
     ),
+    # ---------------------------------------------------------- distributed
+    Entry(
+        "ddp-same-data", "distributed",
+        "Every process of a distributed run trains on the same batches (a DataLoader that shuffles "
+        "with a seed every rank shares, or reads in order, with no DistributedSampler): N processes do "
+        "the work of one, and the gradients DDP averages are N copies of the same gradient.",
+        "Under `traindoc run` each rank fingerprints the batches its model takes at its first training "
+        "calls (up to 8); rank 0 compares them position by position. All of at least 2 compared "
+        "batches equal between two ranks: error. The DataLoaders' sampler types are named.",
+        "Give each rank its own shard: `sampler = DistributedSampler(dataset, shuffle=True)`, "
+        "`DataLoader(dataset, batch_size=..., sampler=sampler)` (no shuffle=True next to it), and "
+        "call `sampler.set_epoch(epoch)` at the start of each epoch.",
+    ),
+    Entry(
+        "ddp-set-epoch-missing", "distributed",
+        "A shuffling DistributedSampler is iterated for several epochs without `set_epoch`: it shuffles "
+        "with seed + epoch, so every epoch visits the samples in the same order.",
+        "The sampler's epoch is read each time it starts an iteration: two or more iterations of a "
+        "sampler with shuffle=True, all at the same epoch (warning: the order repeats, training goes on).",
+        "Call `sampler.set_epoch(epoch)` at the start of each epoch, before iterating the DataLoader.",
+    ),
+    Entry(
+        "ddp-wrapper-bypassed", "distributed",
+        "The training loop calls the module inside DistributedDataParallel (`model.module(x)`, or the "
+        "model it was built from) instead of the DDP wrapper: DDP does not prepare its reducer, the "
+        "gradients are never averaged, and each rank's copy drifts apart.",
+        "A DistributedDataParallel wrapper was built around the model, and the training call the "
+        "first optimizer step follows went to the inner module, not to the wrapper; the replicas' "
+        "weights at the end of the run are compared across ranks as confirmation.",
+        "Call the wrapper: `ddp_model = DDP(model)`, then `out = ddp_model(x)` in the loop; keep "
+        "`ddp_model.module` for saving and evaluation only.",
+    ),
+    Entry(
+        "ddp-replicas-diverged", "distributed",
+        "The ranks' copies of the model hold different weights at the end of the run: the gradients "
+        "are not averaged (no DDP wrapper, its forward bypassed, parameters changed on one rank), so "
+        "the processes train separate models and the checkpoint is rank 0's alone.",
+        "Each rank fingerprints every parameter (sum and L2 norm) at the first optimizer step and at "
+        "the end; rank 0 compares the ranks that ran the same number of steps. Equal at the start and "
+        "different at the end by more than 1e-5 of the parameter's norm: error when the model is "
+        "wrapped in DDP (which keeps replicas equal), warning when it is not (ranks may train separate "
+        "models on purpose). Models whose parameters differ already at the start (sharded, tensor "
+        "parallel) are not judged.",
+        "Wrap the model in `DistributedDataParallel(model)` and call the wrapper in the loop; do not "
+        "change parameters on one rank only.",
+    ),
+    Entry(
+        "ddp-unused-parameters", "distributed",
+        "DistributedDataParallel (built with find_unused_parameters=False) stopped the run with "
+        "'Expected to have finished reduction in the prior iteration': some parameters took no part "
+        "in the loss, so their gradients were never reduced.",
+        "The crash's message names the parameter indices that got no gradient; they are mapped to the "
+        "names of the parameters DDP holds, and the DDP construction line is named.",
+        "Remove or use the modules that the forward skips, freeze them with `requires_grad_(False)` "
+        "before wrapping, or pass `find_unused_parameters=True` to DDP (one extra graph traversal per "
+        "step).",
+    ),
     # ------------------------------------------------------------ internal
     Entry(
         "probe-failed", "internal",
@@ -400,7 +457,7 @@ def entry(finding_id: str) -> Entry:
 def markdown() -> str:
     """The catalog as a Markdown page (the source of docs/findings.md)."""
     lines = ["# Finding ids", "", "Generated from `traindoc.catalog` by `traindoc catalog --markdown`.", ""]
-    for category in ("data", "model", "optimization", "resources", "internal"):
+    for category in ("data", "model", "optimization", "resources", "distributed", "internal"):
         lines += [f"## {category}", ""]
         for e in _ENTRIES:
             if e.category == category:

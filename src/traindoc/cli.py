@@ -69,6 +69,9 @@ examples:
                                                  200 optimizer steps; the script gets its own options
   traindoc run train.py --json findings.json     the findings and their lines as JSON
   python -m traindoc run train.py                the same
+  traindoc run --nproc 2 train.py                two processes under torchrun; rank 0 reports for both
+  torchrun --nproc_per_node 2 -m traindoc run train.py
+                                                 the same, with torchrun's own options
 
 exit status: the script's own (0 when --max-steps stopped it); 2 when SCRIPT cannot be run."""
 
@@ -187,6 +190,10 @@ def _print_script_run(run: Any, out: TextIO) -> None:
         if loc is not None and loc.text:
             print(f"          {loc.line} | {loc.text}", file=out)
         print(f"          fix: {f.fix}", file=out)
+    if run.world > 1:
+        gathered = run.report.info.get("ranks_gathered", [])
+        print(f"  {run.world} processes: rank 0 reports the findings of ranks {gathered} and compares their "
+              "batches and weights", file=out)
     for note in run.report.info.get("notes", []):
         print(f"  note: {note}", file=out)
     run_dir = run.report.info.get("run_dir")
@@ -195,38 +202,44 @@ def _print_script_run(run: Any, out: TextIO) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    import os
-
     from traindoc.rundir import replace_report
     from traindoc.script.runner import run_script
 
-    # under torchrun every process runs this: rank 0 reports, the others diagnose quietly in their own
-    # run directories (RUN_DIR-rank1, ...)
-    rank, world = int(os.environ.get("RANK", "0") or 0), int(os.environ.get("WORLD_SIZE", "1") or 1)
-    run_dir = args.run_dir
-    if rank and run_dir is not None:
-        run_dir = f"{run_dir}-rank{rank}"
+    if args.nproc is not None:
+        return _torchrun(args)
     out = sys.stderr
-    run = run_script(args.script, list(args.script_args), max_steps=args.max_steps, run_dir=run_dir,
-                     quiet=rank != 0)
-    if world > 1:
-        run.report.info.update({"rank": rank, "world_size": world})
-    report_dir = run.report.info.get("run_dir")
-    if report_dir:  # the run directory's report holds the doctor's findings too, with their lines
-        replace_report(report_dir, run.to_dict())
-    if rank:
-        return run.exit_code
-    _print_script_run(run, out)
-    if world > 1:
-        print(f"  rank 0 of {world} processes (the others' run directories end in -rank1, -rank2, ...); "
-              "findings that need every rank (the same data on each, replicas drifting apart) are not "
-              "looked for yet", file=out)
-    if args.json is not None:
-        _write_json(run.to_json(), args.json, out)
-    if args.html and report_dir:
-        args.output, args.run_dir = None, report_dir
-        _write_html(args, out)
+    run = run_script(args.script, list(args.script_args), max_steps=args.max_steps, run_dir=args.run_dir)
+    try:
+        report_dir = run.report.info.get("run_dir")
+        if report_dir:  # the run directory's report holds the doctor's findings too, with their lines
+            replace_report(report_dir, run.to_dict())
+        if run.rank:  # under torchrun rank 0 reports for every rank
+            return run.exit_code
+        _print_script_run(run, out)
+        if args.json is not None:
+            _write_json(run.to_json(), args.json, out)
+        if args.html and report_dir:
+            args.output, args.run_dir = None, report_dir
+            _write_html(args, out)
+    finally:
+        run.release()
     return run.exit_code
+
+
+def _torchrun(args: argparse.Namespace) -> int:
+    """``traindoc run --nproc N``: the same command under ``torchrun --standalone --nproc_per_node N``."""
+    import subprocess
+
+    if args.nproc < 1:
+        raise TraindocInputError("--nproc", f"must be >= 1, got {args.nproc}")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
+               "-m", "traindoc", "run", args.script]
+    for flag, value in (("--max-steps", args.max_steps), ("--json", args.json), ("--run-dir", args.run_dir)):
+        if value is not None:
+            command += [flag, str(value)]
+    if args.html:
+        command.append("--html")
+    return subprocess.call([*command, "--", *args.script_args])
 
 
 # ----------------------------------------------------------------------------- catalog
@@ -296,6 +309,10 @@ def build_parser() -> argparse.ArgumentParser:
                           '"severity", "message", "evidence", "fix", "location"}], "info"}; "-" for stdout (default: no JSON)')
     run.add_argument("--run-dir", default=None, metavar="DIR",
                      help="the run directory of the monitor (default: ./runs/<date-time>)")
+    run.add_argument("--nproc", type=int, default=None, metavar="N",
+                     help="run the script in N processes under torchrun (`torchrun --standalone "
+                          "--nproc_per_node N -m traindoc run ...`); rank 0 reports for all (default: the "
+                          "processes this command runs in)")
     run.add_argument("--html", action="store_true",
                      help="also write RUN_DIR/report.html (needs plotly: pip install 'traindoc[report]') (default: no page)")
     run.set_defaults(func=_cmd_run)

@@ -11,9 +11,10 @@
 * a wrapper of ``torch.Tensor.backward``: the tensor backpropagated (the loss) and its line; a loss
   divided by an integer for gradient accumulation, or multiplied by an AMP scaler, is recorded as it
   was before;
-* wrappers of the constructors of the optimizers, LR schedulers, DataLoaders and the transformer
-  layers (``nn.Transformer``, its encoder/decoder layers, ``nn.MultiheadAttention``), and of
-  ``LRScheduler.step``: where each was created or called;
+* wrappers of the constructors of the optimizers, LR schedulers, DataLoaders, the transformer
+  layers (``nn.Transformer``, its encoder/decoder layers, ``nn.MultiheadAttention``),
+  DistributedDataParallel and DistributedSampler, and of ``LRScheduler.step``: where each was created
+  or called; a DistributedSampler's epoch each time its iteration starts;
 * global optimizer step pre- and post-hooks (``torch.optim.optimizer``): every optimizer step.
 
 Each wrapper records references and a line only (no copy, no device op), calls the original, and is
@@ -81,7 +82,10 @@ class Seen:
     that call is the script's loss. False for a sum of several losses (a GAN's real + fake terms)."""
     created: dict[str, list[tuple[Any, Location | None]]] = field(default_factory=dict)
     lines: dict[str, Location] = field(default_factory=dict)
-    """The first user line of: "model" (its call), "loss", "backward", "step", "scheduler_step"."""
+    """The first user line of: "model" (its call), "loss", "backward", "step", "scheduler_step",
+    "sampler_iter" (where a DistributedSampler's iteration started: the ``for`` over its DataLoader)."""
+    sampler_epochs: dict[int, tuple[Any, list[int]]] = field(default_factory=dict)
+    """Each DistributedSampler iterated: a weak reference and its epoch at each iteration's start."""
 
     def first_line(self, kind: str) -> Location | None:
         return self.lines.get(kind)
@@ -155,6 +159,12 @@ class Capture:
         self._patch(torch.optim.lr_scheduler.LRScheduler, "step",
                     self._line_wrapper("scheduler_step", torch.optim.lr_scheduler.LRScheduler.step))
         self._patch(torch.amp.GradScaler, "scale", self._scale_wrapper(torch.amp.GradScaler.scale))
+        if torch.distributed.is_available():
+            from torch.utils.data.distributed import DistributedSampler
+
+            self._patch_init(torch.nn.parallel.DistributedDataParallel, "ddp")
+            self._patch_init(DistributedSampler, "sampler")
+            self._patch(DistributedSampler, "__iter__", self._sampler_iter_wrapper(DistributedSampler.__iter__))
 
     def remove(self) -> None:
         for h in self._global_forward:
@@ -346,6 +356,23 @@ class Capture:
             return scaled
 
         return scale
+
+    def _sampler_iter_wrapper(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        capture = self
+
+        @functools.wraps(original)
+        def __iter__(sampler: Any) -> Any:  # noqa: N807 (the wrapped method)
+            if not capture._paused:
+                capture._contained("sampler iteration", capture._sampler_started, sampler)
+            return original(sampler)
+
+        return __iter__
+
+    def _sampler_started(self, sampler: Any) -> None:
+        if "sampler_iter" not in self.seen.lines:
+            self._line("sampler_iter")
+        entry = self.seen.sampler_epochs.setdefault(id(sampler), (_ref(sampler), []))
+        entry[1].append(int(getattr(sampler, "epoch", 0)))
 
     def _line_wrapper(self, kind: str, original: Callable[..., Any]) -> Callable[..., Any]:
         capture = self

@@ -29,7 +29,9 @@ from typing import Any
 
 from traindoc.errors import TraindocInputError
 from traindoc.findings import Report, jsonable
+from traindoc.script.distributed import cross_rank_findings
 from traindoc.script.frames import Location, format_exception
+from traindoc.script.ranks import Gather, others_findings, rank_and_world
 from traindoc.script.session import Session, StopScript
 
 JSON_VERSION = 1
@@ -42,6 +44,17 @@ class ScriptRun:
     exit_code: int
     stopped: bool
     script: str
+    rank: int = 0
+    world: int = 1
+    gather: Gather | None = None
+
+    def release(self) -> None:
+        """Under torchrun: rank 0 has reported (the other ranks may exit); another rank waits for that."""
+        if self.gather is not None:
+            if self.rank == 0:
+                self.gather.release()
+            else:
+                self.gather.wait_released()
 
     def to_dict(self) -> dict[str, Any]:
         findings = []
@@ -70,7 +83,11 @@ def _exit_code(code: Any) -> int:
 def run_script(script: str | os.PathLike[str], args: list[str], *, max_steps: int | None = None,
                run_dir: str | os.PathLike[str] | None = None, quiet: bool = False) -> ScriptRun:
     """Run ``script`` with ``args`` under traindoc; raises `TraindocInputError` for a script that cannot
-    be run (missing, not Python, a syntax error: the error is printed as Python prints it)."""
+    be run (missing, not Python, a syntax error: the error is printed as Python prints it).
+
+    Under torchrun (``WORLD_SIZE`` > 1) every rank diagnoses its own process, rank ``r`` > 0 quietly
+    in ``RUN_DIR-rankR``, and rank 0's report gathers them (`traindoc.script.ranks`); the caller calls
+    `ScriptRun.release` once it has reported."""
     path = Path(script)
     if not path.is_file():
         raise TraindocInputError("SCRIPT", f"{script} is not a file")
@@ -85,7 +102,10 @@ def run_script(script: str | os.PathLike[str], args: list[str], *, max_steps: in
     if max_steps is not None and max_steps < 1:
         raise TraindocInputError("--max-steps", f"must be >= 1, got {max_steps}")
 
-    session = Session(max_steps=max_steps, run_dir=run_dir, quiet=quiet)
+    rank, world = rank_and_world()
+    if rank and run_dir is not None:
+        run_dir = f"{run_dir}-rank{rank}"
+    session = Session(max_steps=max_steps, run_dir=run_dir, quiet=quiet or rank != 0, distributed=world > 1)
     saved_argv, saved_path = sys.argv[:], sys.path[:]
     sys.argv = [str(path), *args]
     sys.path.insert(0, str(path.resolve().parent))
@@ -109,4 +129,40 @@ def run_script(script: str | os.PathLike[str], args: list[str], *, max_steps: in
     finally:
         sys.argv, sys.path[:] = saved_argv, saved_path
     report, locations = session.finish(error)
-    return ScriptRun(report, locations, code, stopped, str(path))
+    run = ScriptRun(report, locations, code, stopped, str(path), rank, world)
+    if world > 1:
+        _gather(run, session, crashed=error is not None)
+    return run
+
+
+def _gather(run: ScriptRun, session: Session, *, crashed: bool) -> None:
+    """Post this rank's record; on rank 0, fold every rank's into the report (see `traindoc.script.ranks`)."""
+    gather = run.gather = Gather(run.rank, run.world)
+    findings = [{"finding": f.to_dict(), "location": None if loc is None else [loc.path, loc.line, loc.function,
+                                                                                loc.text]}
+                for f, loc in zip(run.report.findings, run.locations, strict=True)]
+    assert session.ranks is not None
+    gather.post({"findings": findings, "measures": session.ranks.to_dict(session.steps, crashed)})
+    info = dict(run.report.info, rank=run.rank, world_size=run.world)
+    if run.rank:
+        run.report = Report(run.report.findings, info)
+        return
+    records = gather.collect()
+    located = {id(f): loc for f, loc in zip(run.report.findings, run.locations, strict=True)}
+    findings_0 = list(run.report.findings)
+    bypassed = next((f for f in findings_0 if f.id == "ddp-wrapper-bypassed"), None)
+    for f in cross_rank_findings({r: rec["measures"] for r, rec in records.items()}, bypassed=bypassed,
+                                 samplers=session.sampler_types()):
+        findings_0.append(f)
+        located[id(f)] = session.locate(f)
+    for f, loc in others_findings(records, {(f.id, f.title) for f in findings_0}):
+        findings_0.append(f)
+        located[id(f)] = Location(*loc) if loc else None
+    info["ranks_gathered"] = sorted(records)
+    missing = sorted(set(range(run.world)) - set(records))
+    if missing:
+        why = gather.error or f"no record within {gather.timeout_s:.0f} s"
+        info.setdefault("notes", []).append(f"ranks {missing} were not gathered ({why}): their findings are in "
+                                            "their own run directories, and the cross-rank checks left them out")
+    run.report = Report(findings_0, info)
+    run.locations = [located[id(f)] for f in run.report.findings]

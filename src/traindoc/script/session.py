@@ -31,17 +31,31 @@ from torch.overrides import TorchFunctionMode
 from traindoc.api import check, watch
 from traindoc.findings import Finding, Report, internal_failure, listed
 from traindoc.script.capture import Capture, LossCall, ModelCall, Seen
+from traindoc.script.distributed import (
+    RankMeasures,
+    bypass_finding,
+    parameter_prints,
+    set_epoch_findings,
+    unused_parameters_finding,
+    wrapper_of,
+)
 from traindoc.script.frames import Location, user_location
 from traindoc.setup import named_tensors
+
+
+def uncompiled(module: torch.nn.Module) -> torch.nn.Module:
+    """The module ``torch.compile`` wraps (``_orig_mod``), or ``module`` itself."""
+    while hasattr(module, "_orig_mod") and isinstance(module._orig_mod, torch.nn.Module):
+        module = module._orig_mod
+    return module
 
 
 def inner_module(module: torch.nn.Module) -> torch.nn.Module:
     """The model a wrapper trains: through ``torch.compile`` (``_orig_mod``) and DistributedDataParallel /
     DataParallel (``module``), so that the doctor's passes run no collective and no compiled graph."""
     while True:
-        if hasattr(module, "_orig_mod") and isinstance(module._orig_mod, torch.nn.Module):
-            module = module._orig_mod
-        elif isinstance(module, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)):
+        module = uncompiled(module)
+        if isinstance(module, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)):
             module = module.module
         else:
             return module
@@ -86,6 +100,11 @@ LINE_OF: dict[str, tuple[str, ...]] = {
     "grad-accum-normalization": ("backward", "loss"),
     "repeated-batch": ("created:dataloader", "model"),
     "loss-collapse": ("created:dataloader", "loss"),
+    "ddp-same-data": ("created:dataloader", "model"),
+    "ddp-set-epoch-missing": ("sampler_iter", "created:sampler"),
+    "ddp-wrapper-bypassed": ("model",),
+    "ddp-replicas-diverged": ("created:ddp", "model"),
+    "ddp-unused-parameters": ("created:ddp", "model"),
 }
 
 
@@ -149,6 +168,9 @@ def crash_findings(error: BaseException, seen: Seen) -> list[Finding]:
     text = str(error)
     if isinstance(error, torch.OutOfMemoryError) or _OOM.search(text):
         return [_oom_finding(error, seen)]
+    unused = unused_parameters_finding(error, seen)
+    if unused is not None:
+        return [unused]
     if _NONFINITE.search(text) and seen.model_call is not None:
         return _nonfinite_findings(seen)
     call = seen.loss_call
@@ -249,7 +271,8 @@ def _oom_finding(error: BaseException, seen: Seen) -> Finding:
 class Session:
     """Drives the doctor and the watch from the capture's events (see the module docstring)."""
 
-    def __init__(self, *, max_steps: int | None, run_dir: str | Path | None, quiet: bool = False):
+    def __init__(self, *, max_steps: int | None, run_dir: str | Path | None, quiet: bool = False,
+                 distributed: bool = False):
         self.max_steps = max_steps
         self.run_dir = run_dir
         self.quiet = quiet
@@ -265,6 +288,9 @@ class Session:
         self.other_optimizers = 0
         self._others: set[int] = set()
         self._waiting = False
+        self.ranks = RankMeasures() if distributed else None
+        """This rank's measures for the cross-rank findings (``torchrun``), None in one process."""
+        self.bypassed: Finding | None = None
 
     # ------------------------------------------------------------------ events
     def _on_step(self, optimizer: torch.optim.Optimizer) -> None:
@@ -308,6 +334,8 @@ class Session:
         if self.watch is not None and inner_module(call.module) is self.model:
             batch, _ = batch_of(call)
             self.watch.watch_batch(batch)
+            if self.ranks is not None:
+                self.ranks.take_batch(batch)
 
     # ------------------------------------------------------------------ the first step
     def _first_step(self, optimizer: torch.optim.Optimizer) -> bool:
@@ -319,6 +347,11 @@ class Session:
         self.capture.narrow_to(call.module)
         model, batch, forward = replay_of(call)
         self.model = model
+        if self.ranks is not None:  # several processes; measured before the doctor and this step's update
+            self.bypassed = bypass_finding(model, uncompiled(call.module), seen)
+            self.ranks.params_start = parameter_prints(model)
+            self.ranks.ddp = self.bypassed is None and wrapper_of(model, seen) is not None
+            self.ranks.take_batch(batch)
         # a model that returns its loss (output.loss, (logits, loss)): `check` finds it in the output; a
         # loss that is not the last loss call alone (a sum of terms) is not replayed from that call
         loss_fn = None if call.returns_loss or not seen.loss_is_last_call else loss_fn_of(seen.loss_call)
@@ -337,11 +370,19 @@ class Session:
     def finish(self, error: BaseException | None) -> tuple[Report, list[Location | None]]:
         """Close the watch and return the combined report and each finding's line."""
         self.capture.remove()
+        if self.ranks is not None and self.model is not None:
+            try:
+                self.ranks.params_end = parameter_prints(self.model)
+            except Exception as e:  # a model left on a device that is gone: no replica comparison
+                self.failures.append(internal_failure("traindoc run (replica fingerprints)", f"{type(e).__name__}: {e}"))
         findings: list[Finding] = []
         info: dict[str, Any] = {"optimizer_steps": self.steps, "steps": self.steps}
         if self.check_report is not None:
             findings += self.check_report.findings
             info["check"] = self.check_report.info
+        if self.bypassed is not None:
+            findings.append(self.bypassed)
+        findings += set_epoch_findings(self.capture.seen)
         if self.watch is not None:
             watched = self.watch.close()
             proved = {f.id for f in findings if f.severity == "error"}  # the doctor's, on the first batch
@@ -380,7 +421,7 @@ class Session:
         info["created"] = {kind: [loc.short() for _, loc in items if loc is not None][:5]
                            for kind, items in seen.created.items()}
         report = Report(unique, info)  # sorted by severity: the lines follow its order
-        locations = [location_of(f, seen, self.optimizer) for f in report.findings]
+        locations = [self.locate(f) for f in report.findings]
         if any(f.id in ("nan-forward", "nan-loss") for f in report.findings):
             try:
                 born = nonfinite_line(seen)
@@ -390,3 +431,16 @@ class Session:
                 locations = [born if f.id in ("nan-forward", "nan-loss") else loc
                              for f, loc in zip(report.findings, locations, strict=True)]
         return report, locations
+
+    def locate(self, finding: Finding) -> Location | None:
+        """The user's line that ``finding``'s fix changes (`location_of`)."""
+        return location_of(finding, self.capture.seen, self.optimizer)
+
+    def sampler_types(self) -> list[str]:
+        """The sampler classes of the DataLoaders the script built (evidence for ``ddp-same-data``)."""
+        names = set()
+        for ref, _ in self.capture.seen.created.get("dataloader", []):
+            loader = ref()
+            if loader is not None:
+                names.add(type(getattr(loader, "sampler", None)).__name__)
+        return sorted(names)
