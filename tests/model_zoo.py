@@ -141,6 +141,17 @@ def hf_gpt2():
     return model, {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
 
 
+def as_pretrained(model: nn.Module, name: str = "bert-base-uncased") -> nn.Module:
+    """The model as if loaded from checkpoint ``name``: its config names it, and its weights (the
+    LayerNorms too) are off their initial values, as trained weights are."""
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.02)
+    model.config._name_or_path = name
+    return model
+
+
 def hf_bert_classifier(num_labels: int = 3):
     from transformers import BertConfig, BertForSequenceClassification
 

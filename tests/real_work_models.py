@@ -11,6 +11,8 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
 
+from model_zoo import as_pretrained
+
 V, D, T, B = 40, 32, 10, 6
 
 
@@ -146,8 +148,7 @@ def bert_with_lora(adapters: bool):
     torch.manual_seed(0)
     cfg = transformers.BertConfig(vocab_size=V, hidden_size=D, num_hidden_layers=2, num_attention_heads=4,
                                   intermediate_size=64, max_position_embeddings=32, num_labels=3)
-    cfg._name_or_path = "bert-base-uncased"
-    model = transformers.BertForSequenceClassification(cfg)
+    model = as_pretrained(transformers.BertForSequenceClassification(cfg))
     if adapters:
         model.requires_grad_(False)
         for layer in model.bert.encoder.layer:

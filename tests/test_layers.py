@@ -45,11 +45,13 @@ LEVELS: list[tuple[str, list[str]]] = [
     # entry points wire the layers together
     ("entry points", ["api", "integrations._common"]),
     # an unmodified script run under the doctor and the watch
-    ("script runs", ["script", "script.frames", "script.capture", "script.session", "script.runner"]),
+    ("script runs: capture", ["script", "script.frames", "script.capture"]),
+    ("script runs: across ranks", ["script.distributed", "script.ranks"]),
+    ("script runs: the session", ["script.session", "script.runner"]),
     ("applications", ["integrations.*", "cli", "demo.*", "", "__main__"]),
 ]
 
-FREE = {"report", "entry points", "script runs", "applications"}
+FREE = {"report", "entry points", "script runs: capture", "script runs: the session", "applications"}
 
 SIBLINGS = [("probes.", "monitor."), ("probes.", "report."), ("monitor.", "report.")]
 """Packages of one level of the flow that never import each other (the watch gets its NaN replay

@@ -223,7 +223,7 @@ def test_init_loss_mismatch_not_for_pretrained_models():
     with torch.no_grad():
         model.classifier.weight.mul_(500)
     assert "init-loss-mismatch" in check(model, batch)  # untrained-looking: reported
-    model.config._name_or_path = "bert-base-uncased"  # loaded from a checkpoint: its loss is its own
+    z.as_pretrained(model)  # loaded from a checkpoint: its loss is its own
     assert "init-loss-mismatch" not in check(model, batch)
 
 
@@ -399,8 +399,16 @@ def test_params_not_in_optimizer_healthy_and_without_optimizer():
 # ------------------------------------------------------------------ lr-too-high / weight-decay-on-norms
 def _pretrained_bert():
     model, batch = z.hf_bert_classifier()
-    model.config._name_or_path = "bert-base-uncased"
-    return model, batch
+    return z.as_pretrained(model), batch
+
+
+def test_lr_too_high_not_for_a_model_built_from_a_config_folder():
+    """``AutoModel.from_config(AutoConfig.from_pretrained("cfg"))`` trains from scratch: its config names
+    a folder, but its LayerNorms hold their initial 1 and 0, so it is not a checkpoint (lr 1e-3 is fine)."""
+    model, batch = z.hf_bert_classifier()
+    model.config._name_or_path = "cfg"
+    report = check(model, batch, optimizer=torch.optim.AdamW(model.parameters(), lr=1e-3))
+    assert "lr-too-high" not in report
 
 
 def test_lr_too_high_on_pretrained_model():

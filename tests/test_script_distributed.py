@@ -23,15 +23,28 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 LAUNCH = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]  # a free port each
 
 
+TEARDOWN_ABORT = "terminate called without an active exception"
+"""What torch 2.13's gloo prints when a process aborts at exit after the script has finished (about 1 run
+in 6 here, with or without traindoc, with or without destroy_process_group): a torch teardown race, so
+such a run is started again (at most twice)."""
+
+
+def launch(command: list[str]) -> subprocess.CompletedProcess:
+    for _ in range(3):
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=300, env=ENV)
+        if TEARDOWN_ABORT not in proc.stderr:
+            return proc
+    return proc
+
+
 def line_of(text: str) -> int:
     return next(i for i, ln in enumerate(SCRIPT.read_text().splitlines(), 1) if text in ln)
 
 
 def traced(tmp_path: Path, *script_args: str) -> tuple[subprocess.CompletedProcess, dict]:
     out = tmp_path / "f.json"
-    proc = subprocess.run([*LAUNCH, "-m", "traindoc", "run", str(SCRIPT), "--run-dir", str(tmp_path / "run"),
-                           "--json", str(out), "--", *script_args], capture_output=True, text=True, timeout=300,
-                          env=ENV)
+    proc = launch([*LAUNCH, "-m", "traindoc", "run", str(SCRIPT), "--run-dir", str(tmp_path / "run"),
+                   "--json", str(out), "--", *script_args])
     return proc, json.loads(out.read_text())
 
 
@@ -43,12 +56,12 @@ def done(stdout: str) -> list[str]:
 def test_the_healthy_script_has_no_finding_and_trains_as_it_does_plain(tmp_path):
     """``traindoc run --nproc 2``: rank 0 reports for both ranks; the other rank writes its own run
     directory; the script's result is what it is without traindoc."""
-    plain = subprocess.run([*LAUNCH, str(SCRIPT)], capture_output=True, text=True, timeout=300, env=ENV)
+    plain = launch([*LAUNCH, str(SCRIPT)])
     out = tmp_path / "f.json"
-    proc = subprocess.run([sys.executable, "-m", "traindoc", "run", "--nproc", "2", str(SCRIPT), "--run-dir",
-                           str(tmp_path / "run"), "--json", str(out)], capture_output=True, text=True,
-                          timeout=300, env=ENV)
-    assert plain.returncode == 0 and proc.returncode == 0, proc.stderr[-3000:]
+    proc = launch([sys.executable, "-m", "traindoc", "run", "--nproc", "2", str(SCRIPT), "--run-dir",
+                   str(tmp_path / "run"), "--json", str(out)])
+    assert plain.returncode == 0, plain.stderr[-3000:]
+    assert proc.returncode == 0, proc.stderr[-3000:]
     assert done(proc.stdout) == done(plain.stdout) and done(plain.stdout)
     data = json.loads(out.read_text())
     assert data["findings"] == [], data["findings"]

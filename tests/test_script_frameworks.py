@@ -211,6 +211,33 @@ def test_accelerate_the_monitor_logs_the_scripts_loss_not_the_scaled_one(runs):
     assert first > 1.2  # cross-entropy over 4 classes at init: ~ln 4; 0.5 x that when scaled
 
 
+# ----------------------------------------------------------------------------- 3b. the Hugging Face Trainer
+
+
+def test_hf_trainer_healthy_fine_tuning_is_clean(runs):
+    code, data, out, _ = runs("hf_trainer.py")
+    assert_healthy(code, data)
+    assert data["info"]["optimizer_steps"] == 16 and "trained 16 steps" in out
+
+
+def test_hf_trainer_lr_too_high_is_on_the_learning_rate_line_of_its_arguments(runs):
+    """The Trainer builds the optimizer inside ``trainer.train()``: the line to change is the
+    ``learning_rate=`` argument of the script's TrainingArguments."""
+    code, data, _, _ = runs("hf_trainer.py", "lr")
+    assert code == 0
+    f = the(data, "lr-too-high")
+    assert f["severity"] == "warning" and f["evidence"]["lr"] == 1e-3
+    assert f["location"]["line"] == line_of("hf_trainer.py", "learning_rate=")
+    assert ids(data, "error") == []
+
+
+def test_hf_trainer_label_outside_the_classes_crashes_and_is_proved(runs):
+    code, data, _, _ = runs("hf_trainer.py", "label")
+    assert code == 1 and data["exit_code"] == 1
+    f = the(data, "label-out-of-range")
+    assert f["severity"] == "error" and f["evidence"]["bad_values"] == [3] and f["evidence"]["num_classes"] == 3
+
+
 # ----------------------------------------------------------------------------- 4. a GAN, two optimizers
 
 

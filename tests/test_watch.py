@@ -15,7 +15,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import traindoc
 from traindoc.findings import Finding, Report
 from traindoc.monitor import stats
-from traindoc.monitor.clip_patch import ORIGINAL_CLIP, active_listeners
+from traindoc.monitor.clip_patch import ORIGINAL_CLIP, ORIGINAL_CLIP_WITH_NORM, active_listeners
 from traindoc.monitor.detectors.base import Detector
 from traindoc.monitor.record import StepRecord
 from traindoc.rundir import read_run
@@ -132,6 +132,30 @@ def test_grad_norm_is_the_pre_clip_norm_and_clipping_is_recorded(tmp_path):
     # per-layer gradient norms are the pre-clip ones too
     first = recs[0].layer_grad_norm
     assert math.sqrt(sum(v * v for v in first.values())) == pytest.approx(manual[0], rel=1e-5)
+
+
+def test_clipping_with_a_norm_computed_by_the_caller_is_recorded(tmp_path):
+    """Accelerate (and so the Hugging Face Trainer) computes the norm with ``get_total_norm`` and clips
+    with ``clip_grads_with_norm_``: the watch records the threshold and that pre-clip norm, and the
+    gradients are clipped exactly as torch clips them."""
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    det = Recorder()
+    totals = []
+    with traindoc.watch(model, opt, run_dir=tmp_path, detectors=[det], tensorboard=False) as w:
+        for x, y in batches(3):
+            F.cross_entropy(model(x), y).mul(20).backward()
+            total = torch.nn.utils.get_total_norm([p.grad for p in model.parameters()])
+            totals.append(total.item())
+            torch.nn.utils.clip_grads_with_norm_(list(model.parameters()), 0.3, total)
+            clipped = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()])).item()
+            assert clipped == pytest.approx(min(0.3, totals[-1]), rel=1e-4)
+            opt.step()
+            opt.zero_grad()
+            w.log(loss=total)
+    assert [r.clip_threshold for r in det.records] == [0.3] * 3
+    assert [r.grad_norm for r in det.records] == pytest.approx(totals, rel=1e-5)
+    assert torch.nn.utils.clip_grads_with_norm_ is ORIGINAL_CLIP_WITH_NORM  # restored at close
 
 
 def test_clipping_is_unchanged_by_the_watch(tmp_path):

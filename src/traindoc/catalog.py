@@ -222,8 +222,10 @@ _ENTRIES = [
         "lr-too-high", "optimization",
         "The learning rate is too high for this model: the loss is unstable or diverges, or, for a "
         "pretrained transformer, fine-tuning destroys what it knew.",
-        "Statically: Adam/AdamW lr >= 5e-4 on a model that looks pretrained (the usual range is "
-        "1e-5..1e-4). During training: update/weight ratios far above ~1e-3, loss rising with lr.",
+        "Statically: Adam/AdamW lr >= 5e-4 on a model loaded from a checkpoint (a Hugging Face config "
+        "naming one, with normalisation weights off their initial 1 and 0: a model built from a config "
+        "trains from scratch); the usual range is 1e-5..1e-4. During training: update/weight ratios far "
+        "above ~1e-3, loss rising with lr.",
         "Lower the learning rate until updates are ~1e-3 of the weights per step (fine-tuning a "
         "pretrained transformer usually wants 1e-5..1e-4) and add warmup.",
     ),

@@ -102,14 +102,48 @@ def unwrap_optimizer(optimizer: Any) -> torch.optim.Optimizer:
     return optimizer
 
 
-def checkpoint_names(model: nn.Module) -> list[str]:
-    """Checkpoint names of the model or any submodule that says it was loaded from one (a Hugging Face
-    config with ``_name_or_path``): a DistilBERT inside a user's own classifier counts too."""
-    names: list[str] = []
+def _fresh(module: nn.Module) -> bool:
+    """True when the module's normalisation layers hold exactly their initial values (every weight 1,
+    every bias 0): a model built from a config (``from_config``, or a config folder's
+    ``_name_or_path``), not loaded from trained weights. False without normalisation layers."""
+    norms = [m for m in module.modules() if "norm" in type(m).__name__.lower()
+             and isinstance(getattr(m, "weight", None), torch.Tensor)]
+    if not norms:
+        return False
+    with torch.no_grad():
+        for m in norms:
+            if not bool((m.weight == 1).all()):
+                return False
+            bias = getattr(m, "bias", None)
+            if isinstance(bias, torch.Tensor) and bool(bias.any()):
+                return False
+    return True
+
+
+def _checkpoint_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The modules loaded from a checkpoint, with its name: a Hugging Face config with
+    ``_name_or_path`` on a module whose weights are not freshly initialised (`_fresh`). The
+    outermost such module stands for the modules inside it."""
+    found: list[tuple[str, nn.Module]] = []
+    inside: set[int] = set()
     for m in model.modules():
+        if id(m) in inside:
+            continue
         cfg = getattr(m, "config", None)
         name = getattr(cfg, "_name_or_path", "") if cfg is not None else ""
-        if isinstance(name, str) and name and name not in names:
+        if isinstance(name, str) and name:
+            inside.update(id(sub) for sub in m.modules())
+            if not _fresh(m):
+                found.append((name, m))
+    return found
+
+
+def checkpoint_names(model: nn.Module) -> list[str]:
+    """Checkpoint names of the model or any submodule that was loaded from one (`_checkpoint_modules`):
+    a DistilBERT inside a user's own classifier counts too; a model built from a config does not."""
+    names: list[str] = []
+    for name, _ in _checkpoint_modules(model):
+        if name not in names:
             names.append(name)
     return names
 
@@ -131,14 +165,8 @@ def param_names(model: nn.Module) -> dict[int, str]:
 
 
 def pretrained_param_ids(model: nn.Module) -> set[int]:
-    """Ids of the parameters inside modules whose config names a checkpoint (`checkpoint_names`)."""
-    ids: set[int] = set()
-    for m in model.modules():
-        cfg = getattr(m, "config", None)
-        name = getattr(cfg, "_name_or_path", "") if cfg is not None else ""
-        if isinstance(name, str) and name:
-            ids.update(id(p) for p in m.parameters())
-    return ids
+    """Ids of the parameters inside modules loaded from a checkpoint (`checkpoint_names`)."""
+    return {id(p) for _, m in _checkpoint_modules(model) for p in m.parameters()}
 
 
 def default_call(model: nn.Module, batch: Any, *, loss_outside: bool = False) -> tuple[ForwardFn, str]:

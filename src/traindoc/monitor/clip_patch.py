@@ -1,4 +1,5 @@
-"""The patch traindoc puts on `torch.nn.utils.clip_grad_norm_` while a run is watched.
+"""The patches traindoc puts on `torch.nn.utils.clip_grad_norm_` and ``clip_grads_with_norm_`` while a
+run is watched.
 
 The Tuning Playbook asks for the gradient norm *before* clipping and whether the user clipped. By the time
 the optimizer's step hook runs, the gradients are already clipped, so the monitor learns both from
@@ -10,6 +11,11 @@ replaced by a wrapper that
 * clips exactly as torch does (``clip_grads_with_norm_``) and returns the same total norm;
 * hands ``(params, per-gradient norms as one 1-d tensor, total, max_norm)`` to every open watch
   (a listener).
+
+Code that computes the norm itself and then clips with ``torch.nn.utils.clip_grads_with_norm_`` (how
+Accelerate's ``clip_grad_norm_``, and so the Hugging Face Trainer, clip since Accelerate 1.16) is seen
+through a second wrapper: it clips with torch's function and hands the listeners the total norm the
+caller computed (the pre-clip norm), with no per-gradient norms.
 
 Anything unusual (``error_if_nonfinite=True``, a norm other than L2, gradients on several devices,
 sparse gradients, an old torch) goes straight to torch's own function, and the listener gets the total
@@ -45,9 +51,13 @@ ClipListener = Callable[[list[torch.Tensor], "torch.Tensor | None", torch.Tensor
 ORIGINAL_CLIP = _clip_module.clip_grad_norm_
 """torch's own ``clip_grad_norm_`` (as found when traindoc was imported)."""
 
+ORIGINAL_CLIP_WITH_NORM: Callable[..., None] | None = getattr(_nn_utils, "clip_grads_with_norm_", None)
+"""torch's own ``clip_grads_with_norm_`` (torch >= 2.6; None before)."""
+
 _lock = threading.Lock()
 _listeners: list[ClipListener] = []
 _installed_from: Callable[..., torch.Tensor] | None = None
+_installed_with_norm_from: Callable[..., None] | None = None
 
 
 def _fast_norms(params: list[torch.Tensor], norm_type: float, error_if_nonfinite: bool,
@@ -90,7 +100,8 @@ def _make_wrapper(original: Callable[..., torch.Tensor]) -> Callable[..., torch.
             norms = None
         else:
             norms, total = prepared
-            _nn_utils.clip_grads_with_norm_(params, max_norm, total, foreach)
+            assert ORIGINAL_CLIP_WITH_NORM is not None  # `_fast_norms` returns None without it
+            ORIGINAL_CLIP_WITH_NORM(params, max_norm, total, foreach)
         for listener in listeners:
             with contextlib.suppress(Exception):  # listeners guard themselves; last line of defence
                 listener(params, norms, total, max_norm)
@@ -98,6 +109,25 @@ def _make_wrapper(original: Callable[..., torch.Tensor]) -> Callable[..., torch.
 
     clip_grad_norm_.__traindoc_wrapper__ = True  # type: ignore[attr-defined]
     return clip_grad_norm_
+
+
+def _make_with_norm_wrapper(original: Callable[..., None]) -> Callable[..., None]:
+    @functools.wraps(original)
+    def clip_grads_with_norm_(parameters: torch.Tensor | Iterable[torch.Tensor], max_norm: Any, total_norm: Any,
+                              foreach: bool | None = None) -> None:
+        listeners = list(_listeners)
+        if not listeners:
+            return original(parameters, max_norm, total_norm, foreach)
+        params = [parameters] if isinstance(parameters, torch.Tensor) else list(parameters)
+        original(params, max_norm, total_norm, foreach)
+        total = total_norm if isinstance(total_norm, torch.Tensor) else torch.tensor(float(total_norm))
+        for listener in listeners:
+            with contextlib.suppress(Exception):  # listeners guard themselves; last line of defence
+                listener(params, None, total, max_norm)
+        return None
+
+    clip_grads_with_norm_.__traindoc_wrapper__ = True  # type: ignore[attr-defined]
+    return clip_grads_with_norm_
 
 
 def _notify_error(listeners: list[ClipListener], text: str) -> None:
@@ -109,18 +139,22 @@ def _notify_error(listeners: list[ClipListener], text: str) -> None:
 
 
 def add_clip_listener(listener: ClipListener) -> Callable[[], None]:
-    """Start intercepting ``clip_grad_norm_`` (if not already) and return the function that stops."""
-    global _installed_from
+    """Start intercepting ``clip_grad_norm_`` and ``clip_grads_with_norm_`` (if not already) and return
+    the function that stops."""
+    global _installed_from, _installed_with_norm_from
     with _lock:
         if not _listeners:
             _installed_from = _nn_utils.clip_grad_norm_
             wrapper = _make_wrapper(_installed_from)
             _nn_utils.clip_grad_norm_ = wrapper
             _clip_module.clip_grad_norm_ = wrapper
+            if ORIGINAL_CLIP_WITH_NORM is not None:
+                _installed_with_norm_from = _nn_utils.clip_grads_with_norm_
+                _nn_utils.clip_grads_with_norm_ = _make_with_norm_wrapper(_installed_with_norm_from)
         _listeners.append(listener)
 
     def remove() -> None:
-        global _installed_from
+        global _installed_from, _installed_with_norm_from
         with _lock:
             if listener in _listeners:
                 _listeners.remove(listener)
@@ -128,6 +162,9 @@ def add_clip_listener(listener: ClipListener) -> Callable[[], None]:
                 _nn_utils.clip_grad_norm_ = _installed_from
                 _clip_module.clip_grad_norm_ = _installed_from
                 _installed_from = None
+                if _installed_with_norm_from is not None:
+                    _nn_utils.clip_grads_with_norm_ = _installed_with_norm_from
+                    _installed_with_norm_from = None
 
     return remove
 

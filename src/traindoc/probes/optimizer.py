@@ -5,7 +5,8 @@ update/weight ratios) belongs to the monitor and the LR experiments.
 
 - ``lr-too-high`` (warning): an Adam-family optimizer with lr >= 5e-4 on most of the weights of a
   model that was loaded from a checkpoint (a Hugging Face config with ``_name_or_path``, on the model
-  or a submodule). Fine-tuning transformers wants 1e-5..1e-4 (the Hugging Face course: Adam's default 1e-3 wrecks
+  or a submodule, whose normalisation layers are not at their initial values: a model built with
+  ``from_config`` from a config folder trains from scratch; `traindoc.setup.checkpoint_names`). Fine-tuning transformers wants 1e-5..1e-4 (the Hugging Face course: Adam's default 1e-3 wrecks
   the pretrained weights). A scheduler's peak (``initial_lr``) counts, so a warmup that starts at 0
   does not hide it; a new head alone at a higher LR is fine. Parameter-efficient fine-tuning is not
   fine-tuning the checkpoint: adapter weights (LoRA ``lora_A``/``lora_B``, adapters, prefixes and

@@ -39,7 +39,7 @@ from traindoc.script.distributed import (
     unused_parameters_finding,
     wrapper_of,
 )
-from traindoc.script.frames import Location, user_location
+from traindoc.script.frames import Location, setting_line, user_location
 from traindoc.setup import named_tensors
 
 
@@ -108,8 +108,25 @@ LINE_OF: dict[str, tuple[str, ...]] = {
 }
 
 
+SETTING_OF: dict[str, tuple[str, ...]] = {
+    # the keyword arguments that hold the setting a finding's fix changes (`setting_line`)
+    "lr-too-high": ("lr", "learning_rate"),
+    "lr-too-low": ("lr", "learning_rate"),
+    "loss-spike": ("lr", "learning_rate"),
+    "divergence": ("lr", "learning_rate"),
+    "exploding-gradients": ("lr", "learning_rate", "max_grad_norm"),
+    "aggressive-clipping": ("max_norm", "max_grad_norm"),
+    "weight-decay-on-norms": ("weight_decay",),
+    "batch-mixing": ("batch_first",),
+    "grad-accum-normalization": ("gradient_accumulation_steps",),
+    "padding-in-loss": ("ignore_index",),
+    "ddp-unused-parameters": ("find_unused_parameters",),
+}
+
+
 def location_of(finding: Finding, seen: Seen, optimizer: Any = None) -> Location | None:
-    """The user's line the finding's fix changes, from what the capture saw (None when unknown); the
+    """The user's line the finding's fix changes, from what the capture saw (None when unknown): the
+    line of the setting itself where the call spells it (`SETTING_OF`, `setting_line`); the
     optimizer's line is the watched optimizer's."""
     for kind in LINE_OF.get(finding.id, ()):
         if kind.startswith("created:"):
@@ -117,7 +134,8 @@ def location_of(finding: Finding, seen: Seen, optimizer: Any = None) -> Location
         else:
             loc = seen.first_line(kind)
         if loc is not None:
-            return loc
+            keywords = SETTING_OF.get(finding.id)
+            return setting_line(loc, keywords) if keywords else loc
     return None
 
 
