@@ -105,9 +105,9 @@ def test_each_distributed_bug_is_found_on_its_line(tmp_path, bug):
 # --------------------------------------------------------------------------- the judges, on records
 
 
-def record(batches, start, end, *, steps=10, ddp=True, crashed=False):
+def record(batches, start, end, *, steps=10, ddp=True, crashed=False, **more):
     return {"batches": batches, "params_start": start, "params_end": end, "steps": steps, "ddp": ddp,
-            "crashed": crashed}
+            "crashed": crashed, "process_group": True, "wrapped_by": "torch", **more}
 
 
 W0 = {"w": [1.0, 2.0, 4.0], "b": [0.5, 0.5, 1.0]}
@@ -116,39 +116,51 @@ W1 = {"w": [1.1, 2.05, 4.0], "b": [0.5, 0.5, 1.0]}
 
 def test_equal_batches_on_every_rank_are_same_data_and_different_ones_are_not():
     same = cross_rank_findings({0: record([1.0, 2.0, 3.0], W0, W0), 1: record([1.0, 2.0, 3.0], W0, W0)},
-                               bypassed=None, samplers=["RandomSampler"])
+                               bypassed=None)
     assert [f.id for f in same] == ["ddp-same-data"] and same[0].evidence["batches_compared"] == 3
     one_equal = {0: record([1.0, 2.0, 3.0], W0, W0), 1: record([1.0, 2.5, 3.5], W0, W0)}
-    assert cross_rank_findings(one_equal, bypassed=None, samplers=[]) == []
+    assert cross_rank_findings(one_equal, bypassed=None) == []
     too_few = {0: record([1.0], W0, W0), 1: record([1.0], W0, W0)}
-    assert cross_rank_findings(too_few, bypassed=None, samplers=[]) == []
+    assert cross_rank_findings(too_few, bypassed=None) == []
+
+
+def test_the_same_data_fix_follows_what_the_processes_did():
+    def fix(**how):
+        ranks = {0: record([1.0, 2.0], W0, W0, **how), 1: record([1.0, 2.0], W0, W0, **how)}
+        (f,) = cross_rank_findings(ranks, bypassed=None)
+        return f.fix
+
+    assert "DistributedSampler(dataset" in fix()
+    assert "accelerator.prepare" in fix(wrapped_by="accelerate")  # the DataLoader left out of prepare
+    assert "ACCELERATE_USE_CPU" in fix(wrapped_by="", accelerate={"distributed_type": "NO", "num_processes": 1})
+    assert "init_process_group" in fix(process_group=False, wrapped_by="")
 
 
 def test_replicas_that_drift_apart_are_an_error_under_ddp_and_a_warning_without_it():
     ranks = {0: record([1.0, 2.0], W0, W0), 1: record([3.0, 4.0], W0, W1)}
-    (f,) = cross_rank_findings(ranks, bypassed=None, samplers=[])
+    (f,) = cross_rank_findings(ranks, bypassed=None)
     assert (f.id, f.severity) == ("ddp-replicas-diverged", "error")
     assert list(f.evidence["largest_relative_differences"]) == ["w"]
     ranks[0]["ddp"] = False
-    assert cross_rank_findings(ranks, bypassed=None, samplers=[])[0].severity == "warning"
+    assert cross_rank_findings(ranks, bypassed=None)[0].severity == "warning"
 
 
 def test_replicas_are_not_judged_when_they_started_different_ran_different_steps_or_crashed():
     started_apart = {0: record([1.0, 2.0], W0, W0), 1: record([3.0, 4.0], W1, W1)}  # tensor-parallel shards
-    assert cross_rank_findings(started_apart, bypassed=None, samplers=[]) == []
+    assert cross_rank_findings(started_apart, bypassed=None) == []
     other_steps = {0: record([1.0, 2.0], W0, W0), 1: record([3.0, 4.0], W0, W1, steps=9)}
-    assert cross_rank_findings(other_steps, bypassed=None, samplers=[]) == []
+    assert cross_rank_findings(other_steps, bypassed=None) == []
     crashed = {0: record([1.0, 2.0], W0, W0), 1: record([3.0, 4.0], W0, W1, crashed=True)}
-    assert cross_rank_findings(crashed, bypassed=None, samplers=[]) == []
+    assert cross_rank_findings(crashed, bypassed=None) == []
     within = {"w": [1.0 + REPLICA_TOLERANCE, 2.0, 4.0], "b": [0.5, 0.5, 1.0]}  # rounding, not drift
     assert cross_rank_findings({0: record([1.0, 2.0], W0, W0), 1: record([3.0, 4.0], W0, within)},
-                               bypassed=None, samplers=[]) == []
+                               bypassed=None) == []
 
 
 def test_a_bypassed_wrapper_takes_the_divergence_as_its_evidence():
     bypassed = Finding("ddp-wrapper-bypassed", "error", "t", {}, "f")
     ranks = {0: record([1.0, 2.0], W0, W0, ddp=False), 1: record([3.0, 4.0], W0, W1, ddp=False)}
-    assert cross_rank_findings(ranks, bypassed=bypassed, samplers=[]) == []
+    assert cross_rank_findings(ranks, bypassed=bypassed) == []
     assert bypassed.evidence["replicas_at_the_end"]["parameters_differing"] == 1
 
 

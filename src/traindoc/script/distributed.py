@@ -15,7 +15,10 @@ Rank 0 gathers them (`traindoc.script.ranks`) and judges (`cross_rank_findings`)
     The fingerprint is a weighted sum of a strided sample of each batch tensor: equal batches give
     equal values bit for bit; unequal batches give equal values only by accident, and 2 or more
     accidents in a row at the same positions are not one. Evidence: the positions compared, the
-    ranks, the sampler types of the DataLoaders the script built.
+    ranks, the sampler types of the DataLoaders the script built, whether the processes joined a process
+    group, what built the DDP wrapper, and Accelerate's own view (its distributed type and process
+    count) when the script uses it: each changes the fix (shard with DistributedSampler; pass the
+    DataLoader to ``accelerator.prepare``; make Accelerate see the launch).
 
 ``ddp-replicas-diverged`` (error under DDP, warning without it)
     Ranks that ran the same number of optimizer steps and whose parameters were equal at the first
@@ -48,6 +51,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -102,6 +106,15 @@ class RankMeasures:
     params_start: dict[str, list[float]] | None = None
     params_end: dict[str, list[float]] | None = None
     ddp: bool = False
+    wrapped_by: str = ""
+    """The package whose call built the DDP wrapper: ``accelerate`` for ``accelerator.prepare``, ``torch``
+    for the script's own ``DistributedDataParallel(...)``; "" without a wrapper."""
+    process_group: bool = False
+    """``torch.distributed`` was initialised at the first optimizer step."""
+    accelerate: dict[str, Any] | None = None
+    """Accelerate's view of the run (``distributed_type``, ``num_processes``) when the script uses it."""
+    samplers: list[str] = field(default_factory=list)
+    """The sampler classes of the DataLoaders the script built, at the first optimizer step."""
     _fingerprint: BatchFingerprint = field(default_factory=BatchFingerprint)
 
     def take_batch(self, batch: Any) -> None:
@@ -110,7 +123,9 @@ class RankMeasures:
 
     def to_dict(self, steps: int, crashed: bool) -> dict[str, Any]:
         batches = [None if b is None else float(b) for b in self.batches]
-        return {"steps": steps, "crashed": crashed, "ddp": self.ddp, "batches": batches,
+        return {"steps": steps, "crashed": crashed, "ddp": self.ddp, "wrapped_by": self.wrapped_by,
+                "process_group": self.process_group, "accelerate": self.accelerate, "samplers": self.samplers,
+                "batches": batches,
                 "params_start": self.params_start, "params_end": self.params_end}
 
 
@@ -190,7 +205,18 @@ def unused_parameters_finding(error: BaseException, seen: Seen) -> Finding | Non
 # ---------------------------------------------------------------------------- across ranks
 
 
-def _same_batches(ranks: dict[int, dict[str, Any]], samplers: list[str]) -> Finding | None:
+def accelerate_state() -> dict[str, Any] | None:
+    """Accelerate's distributed type and process count, when the script imported Accelerate and its
+    state is set up (read, never created); None otherwise."""
+    state = sys.modules.get("accelerate.state")
+    shared = getattr(getattr(state, "PartialState", None), "_shared_state", None)
+    if not shared:
+        return None
+    kind = shared.get("distributed_type")
+    return {"distributed_type": getattr(kind, "value", str(kind)), "num_processes": shared.get("num_processes")}
+
+
+def _same_batches(ranks: dict[int, dict[str, Any]]) -> Finding | None:
     base = ranks.get(0, {}).get("batches") or []
     equal_to_0, compared = [], 0
     for r, m in sorted(ranks.items()):
@@ -203,14 +229,30 @@ def _same_batches(ranks: dict[int, dict[str, Any]], samplers: list[str]) -> Find
             compared = len(pairs) if not compared else min(compared, len(pairs))
     if not equal_to_0:
         return None
-    return Finding(
-        "ddp-same-data", "error",
-        f"Ranks 0 and {listed(equal_to_0)} trained on the same batches ({compared} of {compared} compared): "
-        f"{len(equal_to_0) + 1} processes do the work of one",
-        {"ranks_with_rank_0_batches": listed(equal_to_0), "world_size": len(ranks), "batches_compared": compared,
-         "samplers": samplers},
-        "Shard the data per rank: `sampler = DistributedSampler(dataset, shuffle=True)` and "
-        "`DataLoader(dataset, batch_size=..., sampler=sampler)`, with `sampler.set_epoch(epoch)` each epoch.")
+    m0 = ranks[0]
+    accelerate = m0.get("accelerate")
+    evidence = {"ranks_with_rank_0_batches": listed(equal_to_0), "world_size": len(ranks),
+                "batches_compared": compared, "samplers": m0.get("samplers"), "process_group": m0.get("process_group"),
+                "wrapped_by": m0.get("wrapped_by") or None, "accelerate": accelerate}
+    title = (f"Ranks 0 and {listed(equal_to_0)} trained on the same batches ({compared} of {compared} compared): "
+             f"{len(equal_to_0) + 1} processes do the work of one")
+    if accelerate and accelerate.get("num_processes") == 1:
+        title += (f"; Accelerate runs each as a single process (distributed_type {accelerate.get('distributed_type')}, "
+                  "num_processes 1)")
+        fix = ("Make Accelerate see the distributed launch: `accelerate launch` (with `--cpu` on a machine "
+               "without GPUs), or set `ACCELERATE_USE_CPU=1` under torchrun on CPU; then "
+               "`accelerator.num_processes` is the number of processes and `accelerator.prepare` shards the data.")
+    elif not m0.get("process_group"):
+        title += ", and they never joined one distributed job (torch.distributed is not initialised)"
+        fix = ("Make the processes one job: `torch.distributed.init_process_group(...)`, the model wrapped in "
+               "`DistributedDataParallel`, the data sharded with `DistributedSampler`.")
+    elif m0.get("wrapped_by") == "accelerate":
+        fix = ("Pass the training DataLoader to `accelerator.prepare(...)` with the model and optimizer: Accelerate "
+               "then gives each rank its own shard (and sets the sampler's epoch).")
+    else:
+        fix = ("Shard the data per rank: `sampler = DistributedSampler(dataset, shuffle=True)` and "
+               "`DataLoader(dataset, batch_size=..., sampler=sampler)`, with `sampler.set_epoch(epoch)` each epoch.")
+    return Finding("ddp-same-data", "error", title, evidence, fix)
 
 
 def _relative(a: list[float], b: list[float]) -> float:
@@ -251,12 +293,11 @@ def _diverged(ranks: dict[int, dict[str, Any]]) -> dict[str, Any] | None:
             "largest_relative_differences": {n: worst[n] for n in top}}
 
 
-def cross_rank_findings(ranks: dict[int, dict[str, Any]], *, bypassed: Finding | None,
-                        samplers: list[str]) -> list[Finding]:
+def cross_rank_findings(ranks: dict[int, dict[str, Any]], *, bypassed: Finding | None) -> list[Finding]:
     """Rank 0's judgement of every rank's `RankMeasures` (see the module docstring). ``bypassed`` is the
     run's ``ddp-wrapper-bypassed`` finding, which takes the divergence as its evidence."""
     found = []
-    same = _same_batches(ranks, samplers)
+    same = _same_batches(ranks)
     if same is not None:
         found.append(same)
     drift = _diverged(ranks)

@@ -151,8 +151,7 @@ def _gather(run: ScriptRun, session: Session, *, crashed: bool) -> None:
     located = {id(f): loc for f, loc in zip(run.report.findings, run.locations, strict=True)}
     findings_0 = list(run.report.findings)
     bypassed = next((f for f in findings_0 if f.id == "ddp-wrapper-bypassed"), None)
-    for f in cross_rank_findings({r: rec["measures"] for r, rec in records.items()}, bypassed=bypassed,
-                                 samplers=session.sampler_types()):
+    for f in cross_rank_findings({r: rec["measures"] for r, rec in records.items()}, bypassed=bypassed):
         findings_0.append(f)
         located[id(f)] = session.locate(f)
     for f, loc in others_findings(records, {(f.id, f.title) for f in findings_0}):

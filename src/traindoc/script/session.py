@@ -33,6 +33,7 @@ from traindoc.findings import Finding, Report, internal_failure, listed
 from traindoc.script.capture import Capture, LossCall, ModelCall, Seen
 from traindoc.script.distributed import (
     RankMeasures,
+    accelerate_state,
     bypass_finding,
     parameter_prints,
     set_epoch_findings,
@@ -128,7 +129,10 @@ def location_of(finding: Finding, seen: Seen, optimizer: Any = None) -> Location
     """The user's line the finding's fix changes, from what the capture saw (None when unknown): the
     line of the setting itself where the call spells it (`SETTING_OF`, `setting_line`); the
     optimizer's line is the watched optimizer's."""
-    for kind in LINE_OF.get(finding.id, ()):
+    kinds = LINE_OF.get(finding.id, ())
+    if finding.id == "ddp-same-data" and finding.evidence.get("wrapped_by") == "accelerate":
+        kinds = ("created:ddp", *kinds)  # the accelerator.prepare(...) call the DataLoader is missing from
+    for kind in kinds:
         if kind.startswith("created:"):
             loc = seen.created_line(kind[8:], optimizer if kind == "created:optimizer" else None)
         else:
@@ -368,7 +372,13 @@ class Session:
         if self.ranks is not None:  # several processes; measured before the doctor and this step's update
             self.bypassed = bypass_finding(model, uncompiled(call.module), seen)
             self.ranks.params_start = parameter_prints(model)
-            self.ranks.ddp = self.bypassed is None and wrapper_of(model, seen) is not None
+            wrapper = wrapper_of(model, seen)
+            self.ranks.ddp = self.bypassed is None and wrapper is not None
+            built = seen.created_line("ddp", wrapper) if wrapper is not None else None
+            self.ranks.wrapped_by = built.via if built is not None else ""
+            self.ranks.process_group = torch.distributed.is_available() and torch.distributed.is_initialized()
+            self.ranks.accelerate = accelerate_state()
+            self.ranks.samplers = self.sampler_types()
             self.ranks.take_batch(batch)
         # a model that returns its loss (output.loss, (logits, loss)): `check` finds it in the output; a
         # loss that is not the last loss call alone (a sum of terms) is not replayed from that call
