@@ -284,6 +284,17 @@ _ENTRIES = [
         "Trainer; with a loss already normalised by `num_items_in_batch`, do not divide it again.",
     ),
     Entry(
+        "cannot-overfit-batch", "optimization",
+        "The model cannot learn a single batch by heart with the loop's optimizer and LR: if it cannot fit "
+        "8 examples, it will not learn the dataset. The Hugging Face course's first check.",
+        "`traindoc overfit` (or `traindoc.experiments.overfit_batch`) trains a copy on one batch (the one with "
+        "the most distinct targets) and watches the loss: non-finite (error), not moving, with the cause "
+        "read from the copy: no gradient, parameters outside the optimizer, LR ~0 (error), oscillating (LR "
+        "too high) or stopping above 2% of its first value (LR too low or model too small) (warnings).",
+        "Follow the diagnosis: connect the loss, build the optimizer after the model, set a working LR "
+        "(`traindoc tune lr`), or give the model the capacity and inputs the task needs.",
+    ),
+    Entry(
         "loss-spike", "optimization",
         "The loss jumps far above its recent level for a step or a few.",
         "The loss is more than k robust deviations (median absolute deviation) above the rolling "

@@ -1,0 +1,57 @@
+"""Trials as independent jobs: one after another, or in a local process pool.
+
+Every trial of an experiment starts from the same `Plan` and changes only its `Setting`, so trials
+never talk to each other. ``jobs=1`` runs them in order in this process. ``jobs > 1`` runs them in a
+``concurrent.futures.ProcessPoolExecutor`` whose workers are forked from this process (they inherit
+the plan, model and batches without pickling them: only the settings and the measured curves cross
+the process boundary); where fork is not available (macOS and Windows start processes by spawning),
+the trials run in order. The user's objects are never trained in any case: a trial trains a copy.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import sys
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any
+
+import torch
+
+from traindoc.experiments.trial import Curve, Plan, Setting
+
+_PLAN: Plan | None = None
+"""The plan a forked worker inherits (set just before the pool forks)."""
+
+
+def _run_one(setting: Setting, threads: int) -> Curve:
+    assert _PLAN is not None
+    torch.set_num_threads(threads)
+    return _PLAN.run(setting)
+
+
+def run_trials(plan: Plan, settings: Sequence[Setting], *, jobs: int = 1, progress: Any = None) -> list[Curve]:
+    """Each setting's curve, in order. ``progress(done, total)`` is called after each trial."""
+    global _PLAN
+    total = len(settings)
+    fork = "fork" in multiprocessing.get_all_start_methods() and sys.platform.startswith("linux")
+    if jobs <= 1 or total <= 1 or not fork:
+        curves = []
+        for i, s in enumerate(settings):
+            curves.append(plan.run(s))
+            if progress is not None:
+                progress(i + 1, total)
+        return curves
+    _PLAN = plan
+    threads = max(1, torch.get_num_threads() // jobs)
+    try:
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("fork")) as pool:
+            futures = [pool.submit(_run_one, s, threads) for s in settings]
+            curves = []
+            for i, f in enumerate(futures):
+                curves.append(f.result())
+                if progress is not None:
+                    progress(i + 1, total)
+            return curves
+    finally:
+        _PLAN = None

@@ -1,0 +1,197 @@
+"""``tune_lr``: a learning rate validated by short real runs, with the LR where training turns unstable.
+
+Algorithm.
+
+1. **Bracket** (one trial, the LR range test): the LR of group 0 rises exponentially from
+   `RAMP_FROM` to `RAMP_TO` over ``max_steps`` steps; the trial stops when its smoothed loss has
+   diverged (`traindoc.experiments.measures.unstable_at`). The LR at the minimum of the smoothed loss,
+   ``lr_min_loss``, is where the loss still fell fastest *while the LR kept rising*: an upper end,
+   not an answer (for transformers it lands near 1e-3 where the best fine-tuning LR is ~1e-5, the
+   reason Hugging Face declined a plain LR finder). The bracket spans `BRACKET_DECADES` decades below it.
+2. **Short real runs**: ``trials`` LRs log-spaced over the bracket, each trained for ``max_steps``
+   steps at a constant LR from the same initial state, with ``seeds`` seeds (dropout and batch order);
+   then two more LRs half a grid step either side of the best (or a grid step beyond the bracket when
+   the best is at its end). A run's score is `traindoc.experiments.measures.final_loss`; an LR's is
+   the mean over seeds.
+3. **Answer**: ``lr*`` is the LR with the best score. ``lr_range`` is the contiguous run of tried
+   LRs around it whose score is within the noise of the best: half the spread across seeds at lr*,
+   or 1% of its score if larger. ``unstable_lr`` is the smallest tried LR at which a seed went
+   non-finite or ended above its first loss, else the LR where the ramp diverged.
+4. **Horizon**: the best LR falls as training gets longer (Bjorck et al., ICLR 2025). lr* is also
+   read at 1/4 and 1/2 of the steps (the prefixes of the same constant-LR runs are shorter runs);
+   the slope ``alpha`` of log lr* against log steps (least squares, clamped to [-1, 0]) extrapolates
+   to the planned length: ``suggested_lr = lr* x (planned / max_steps) ** alpha``, kept inside the
+   tried LRs, and ``lr_range`` moves with it (``short_run_lr`` and ``short_run_range`` are the
+   short runs' own answer). ``alpha == 0`` means the short runs could not see the effect at this
+   resolution.
+
+Findings: the user's LR against the answer: at or above ``unstable_lr``, or more than
+`OUTSIDE` x above ``lr_range``: ``lr-too-high``; more than `OUTSIDE` x below it: ``lr-too-low``
+(warnings: measured on copies with a constant LR, without the user's schedule).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+from torch import nn
+
+from traindoc.experiments.jobs import run_trials
+from traindoc.experiments.measures import final_loss, smoothed, unstable_at
+from traindoc.experiments.result import ExperimentResult
+from traindoc.experiments.trial import DIVERGE, Curve, Plan, Setting
+from traindoc.findings import Finding
+
+RAMP_FROM, RAMP_TO = 1e-7, 10.0
+BRACKET_DECADES = 2.0
+OUTSIDE = 3.0
+
+
+def _geomspace(lo: float, hi: float, n: int) -> list[float]:
+    if n == 1:
+        return [hi]
+    return [lo * (hi / lo) ** (i / (n - 1)) for i in range(n)]
+
+
+def _unstable(curve: Curve) -> bool:
+    finite = [v for v in curve.losses if math.isfinite(v)]
+    return len(finite) < len(curve.losses) or (len(finite) >= 2 and final_loss(curve.losses) >= finite[0])
+
+
+def tune_lr(model: nn.Module, batches: Any, *, optimizer: Any = None,
+            make_optimizer: Callable[[nn.Module], Any] | None = None, forward: Any = None, loss_fn: Any = None,
+            max_steps: int = 100, trials: int = 7, seeds: int = 2, planned_steps: int | None = None,
+            jobs: int = 1, progress: Callable[[int, int], None] | None = None) -> ExperimentResult:
+    """Find a learning rate by short real runs (see the module docstring); the user's model and optimizer
+    are not touched (trials train copies).
+
+    >>> import torch
+    >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+    <torch._C.Generator object at ...>
+    >>> x = torch.randn(256, 8); y = (x[:, 0] > 0).long()
+    >>> model = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 2))
+    >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    >>> batches = [(x[i:i + 32], y[i:i + 32]) for i in range(0, 256, 32)]
+    >>> r = tune_lr(model, batches, optimizer=opt, loss_fn=lambda out, b: torch.nn.functional.cross_entropy(out, b[1]),
+    ...             max_steps=40, trials=5, seeds=1)
+    >>> r["lr_range"][0] <= r["short_run_lr"] <= r["lr_range"][1]
+    True
+    """
+    max_steps = max(8, int(max_steps))
+    plan = Plan(model, batches, optimizer=optimizer, make_optimizer=make_optimizer, forward=forward,
+                loss_fn=loss_fn, steps=max_steps)
+    total = 1 + (trials + 2) * seeds
+    done = [0]
+
+    def tick(_: int, __: int) -> None:
+        done[0] += 1
+        if progress is not None:
+            progress(done[0], total)
+
+    ramp = run_trials(plan, [Setting(steps=max_steps, lr=RAMP_FROM, lr_end=RAMP_TO, stop_on_divergence=True)],
+                      progress=tick)[0]
+    stop = unstable_at(ramp.losses, DIVERGE)
+    sm = smoothed(ramp.losses[:stop] if stop is not None else ramp.losses)
+    finite = [(v, i) for i, v in enumerate(sm) if math.isfinite(v)]
+    i_min = min(finite)[1] if finite else 0
+    lr_min_loss = ramp.lrs[i_min]
+    lr_diverge = ramp.lrs[stop] if stop is not None else None
+    grid = _geomspace(lr_min_loss / 10 ** BRACKET_DECADES, lr_min_loss, max(2, trials))
+    ratio = (grid[-1] / grid[0]) ** (1 / (len(grid) - 1))
+
+    runs: dict[float, list[Curve]] = {}
+
+    def measure(lrs: list[float]) -> None:
+        settings = [Setting(steps=max_steps, lr=lr, seed=s) for lr in lrs for s in range(seeds)]
+        curves = run_trials(plan, settings, jobs=jobs, progress=tick)
+        for k, lr in enumerate(lrs):
+            runs[lr] = curves[k * seeds:(k + 1) * seeds]
+
+    def score(lr: float, upto: int | None = None) -> float:
+        values = [final_loss(c.losses, upto) for c in runs[lr]]
+        return sum(values) / len(values)
+
+    measure(grid)
+    best = min(grid, key=score)
+    if best == grid[0]:
+        extra = [best / ratio, best / math.sqrt(ratio)]
+    elif best == grid[-1]:
+        extra = [best * math.sqrt(ratio), best * ratio]
+    else:
+        extra = [best / math.sqrt(ratio), best * math.sqrt(ratio)]
+    measure(extra)
+    tried = sorted(runs)
+    scores = {lr: score(lr) for lr in tried}
+    lr_star = min(tried, key=lambda lr: scores[lr])
+    finals = [final_loss(c.losses) for c in runs[lr_star]]
+    spread = (max(finals) - min(finals)) / 2 if all(math.isfinite(v) for v in finals) else 0.0
+    tolerance = max(spread, 0.01 * abs(scores[lr_star]))
+    i = tried.index(lr_star)
+    lo = hi = i
+    while lo > 0 and scores[tried[lo - 1]] <= scores[lr_star] + tolerance:
+        lo -= 1
+    while hi + 1 < len(tried) and scores[tried[hi + 1]] <= scores[lr_star] + tolerance:
+        hi += 1
+    lr_range = [tried[lo], tried[hi]]
+    unstable = [lr for lr in tried if any(_unstable(c) for c in runs[lr])]
+    unstable_lr = min(unstable) if unstable else lr_diverge
+
+    horizons = sorted({max(4, max_steps // 4), max(4, max_steps // 2), max_steps})
+    best_at = {h: min(tried, key=lambda lr, h=h: score(lr, h)) for h in horizons}
+    alpha = _slope([math.log(h) for h in horizons], [math.log(best_at[h]) for h in horizons])
+    alpha = min(0.0, max(-1.0, alpha))
+    planned = int(planned_steps) if planned_steps else max_steps
+    suggested = lr_star * (planned / max_steps) ** alpha if planned > max_steps else lr_star
+    suggested = min(max(suggested, tried[0]), tried[-1])
+    shift = suggested / lr_star
+
+    result: dict[str, Any] = {
+        "suggested_lr": suggested, "lr_range": [lr_range[0] * shift, lr_range[1] * shift],
+        "unstable_lr": unstable_lr, "short_run_lr": lr_star, "short_run_range": lr_range,
+        "steps_per_trial": max_steps, "planned_steps": planned, "horizon_exponent": alpha,
+        "best_lr_by_steps": {str(h): best_at[h] for h in horizons}, "seeds": seeds,
+        "bracket": {"ramp_min_loss_lr": lr_min_loss, "ramp_diverged_lr": lr_diverge, "low": grid[0], "high": grid[-1]},
+        "scores": {f"{lr:.3g}": scores[lr] for lr in tried}, "seed_spread": spread,
+    }
+    curves = {"ramp": ramp, **{f"lr={lr:.3g}": runs[lr][0] for lr in tried}}
+    user_lr = plan.base_lr
+    findings = _judge(user_lr, result)
+    info = {"trials": total, "training_steps": ramp.steps + sum(c.steps for cs in runs.values() for c in cs),
+            "user_lr": user_lr}
+    return ExperimentResult("lr", result, findings, curves, info)
+
+
+def _slope(xs: list[float], ys: list[float]) -> float:
+    n = len(xs)
+    mx, my = sum(xs) / n, sum(ys) / n
+    var = sum((x - mx) ** 2 for x in xs)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / var if var > 0 else 0.0
+
+
+def _judge(user_lr: float, result: dict[str, Any]) -> list[Finding]:
+    low, high = result["lr_range"]
+    unstable, suggested, steps = result["unstable_lr"], result["suggested_lr"], result["steps_per_trial"]
+    evidence = {"lr": user_lr, "lr_range": [low, high], "suggested_lr": suggested, "unstable_lr": unstable,
+                "short_run_lr": result["short_run_lr"], "steps_per_trial": steps,
+                "planned_steps": result["planned_steps"], "scores": result["scores"]}
+    horizon = (f" for {result['planned_steps']} steps (best after {steps} steps: {result['short_run_lr']:.2g})"
+               if result["planned_steps"] > steps else f" after {steps} steps")
+    fix = (f"Set the learning rate to about {suggested:.2g} (best range {low:.2g}..{high:.2g}{horizon}), with a "
+           "warmup if the run is long.")
+    if user_lr <= 0:
+        return []
+    if unstable is not None and user_lr >= unstable:
+        return [Finding("lr-too-high", "warning",
+                        f"lr={user_lr:.3g} is at or above {unstable:.3g}, where short runs of this model turned "
+                        "unstable", evidence, fix)]
+    if user_lr > OUTSIDE * high:
+        return [Finding("lr-too-high", "warning",
+                        f"lr={user_lr:.3g} is {user_lr / high:.1f}x above the best range {low:.2g}..{high:.2g}"
+                        f"{horizon}, measured by short runs of this model", evidence, fix)]
+    if user_lr < low / OUTSIDE:
+        return [Finding("lr-too-low", "warning",
+                        f"lr={user_lr:.3g} is {low / user_lr:.1f}x below the best range {low:.2g}..{high:.2g}"
+                        f"{horizon}, measured by short runs of this model", evidence, fix)]
+    return []
