@@ -107,9 +107,9 @@ class Detached(nn.Module):
 
 
 @pytest.mark.parametrize("broken, diagnosis, severity, cause", [
-    ("detached", "does-not-move", "error", "no parameter gets a gradient"),
-    ("optimizer-of-an-earlier-model", "does-not-move", "error", "not in the optimizer"),
-    ("lr-zero", "does-not-move", "error", "the LR is 0"),
+    ("detached", "broken-setup", "error", "get no gradient"),
+    ("optimizer-of-an-earlier-model", "broken-setup", "error", "not in the optimizer"),
+    ("lr-zero", "broken-setup", "error", "the LR is 0"),
     ("lr-huge", None, None, None),
     ("lr-low", "stops-high", "warning", None),
 ])

@@ -45,13 +45,18 @@ LEVELS: list[tuple[str, list[str]]] = [
     # entry points wire the layers together
     ("entry points", ["api", "integrations._common"]),
     # an unmodified script run under the doctor and the watch
-    ("script runs: capture", ["script", "script.frames", "script.capture"]),
+    # an experiment's trial: what it changes, and the numbers read off its curve
+    ("experiments: trials", ["experiments.measures", "experiments.trial"]),
+    ("script runs: capture", ["script", "script.frames", "script.capture", "script.trial"]),
     ("script runs: across ranks", ["script.distributed", "script.ranks"]),
     ("script runs: the session", ["script.session", "script.runner"]),
+    # the experiments, on copies from Python and on trial runs of a script
+    ("experiments", ["experiments", "experiments.*"]),
     ("applications", ["integrations.*", "cli", "demo.*", "", "__main__"]),
 ]
 
-FREE = {"report", "entry points", "script runs: capture", "script runs: the session", "applications"}
+FREE = {"report", "entry points", "experiments: trials", "script runs: capture", "script runs: the session",
+        "experiments", "applications"}
 
 SIBLINGS = [("probes.", "monitor."), ("probes.", "report."), ("monitor.", "report.")]
 """Packages of one level of the flow that never import each other (the watch gets its NaN replay

@@ -208,7 +208,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.nproc is not None:
         return _torchrun(args)
     out = sys.stderr
-    run = run_script(args.script, list(args.script_args), max_steps=args.max_steps, run_dir=args.run_dir)
+    trial = None
+    if args.trial is not None:  # one trial of `traindoc tune` / `traindoc overfit`
+        import json
+
+        from traindoc.experiments.trial import Setting
+
+        trial = Setting(**json.loads(args.trial))
+    run = run_script(args.script, list(args.script_args), max_steps=args.max_steps, run_dir=args.run_dir,
+                     quiet=trial is not None, trial=trial)
     try:
         report_dir = run.report.info.get("run_dir")
         if report_dir:  # the run directory's report holds the doctor's findings too, with their lines
@@ -243,6 +251,70 @@ def _torchrun(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------- catalog
+
+
+def _progress() -> Any:
+    """A progress bar on a terminal (rich), nothing otherwise; returns (callback, stop)."""
+    if not sys.stderr.isatty():
+        return None, lambda: None
+    from rich.progress import Progress
+
+    bar = Progress(transient=True)
+    bar.start()
+    task = bar.add_task("trials", total=None)
+
+    def update(done: int, total: int) -> None:
+        bar.update(task, completed=done, total=total)
+
+    return update, bar.stop
+
+
+def _print_experiment(result: Any, out: TextIO) -> None:
+    r = result.result
+    head = {"lr": lambda: f"suggested lr {r['suggested_lr']:.3g} (range {r['lr_range'][0]:.3g}..{r['lr_range'][1]:.3g}"
+                          f" for {r['planned_steps']} steps; short runs of {r['steps_per_trial']} steps: "
+                          f"{r['short_run_lr']:.3g}); unstable from "
+                          + (f"{r['unstable_lr']:.3g}" if r["unstable_lr"] else "no LR tried"),
+            "warmup": lambda: (f"shortest stable warmup at lr {r['lr']:.3g}: {r['warmup_steps']} steps (tried "
+                               f"{r['tried']})" if r["warmup_steps"] is not None else
+                               f"no warmup up to {r['tried'][-1]} steps makes lr {r['lr']:.3g} stable"),
+            "clip": lambda: (f"clip at {r['threshold']:.3g} (the {r['percentile']}th percentile of {r['steps']} "
+                             "gradient norms)" + (f"; the current {r['current']:.3g} clips {r['clipped_fraction']:.0%}"
+                                                  if r["current"] else "")),
+            "instability": lambda: (f"at lr {r['lr']:.3g}: " + ("stable" if not r["unstable"] else
+                                    f"{r['kind']} instability at step {r['unstable_at_step']}") + f" of {r['steps']}"),
+            "overfit": lambda: (f"one batch learned in {r['steps_to_floor']} steps" if r["reached"] else
+                                f"one batch not learned in {r['steps']} steps ({r['first_loss']:.4g} -> "
+                                f"{r['final_loss']:.4g}): {r['diagnosis']}")}[result.experiment]()
+    print(f"traindoc {result.experiment}: {head}", file=out)
+    locations = result.locations or [None] * len(result.findings)
+    for f, loc in zip(result.findings, locations, strict=True):
+        where = f"  {loc['file']}:{loc['line']}" if loc else ""
+        print(f"  {f.severity.upper():8s}{f.id}{where}: {f.title}", file=out)
+        if loc and loc.get("code"):
+            print(f"          {loc['line']} | {loc['code']}", file=out)
+        print(f"          fix: {f.fix}", file=out)
+    note = result.info.get("note")
+    if note:
+        print(f"  note: {note}", file=out)
+
+
+def _cmd_experiment(args: argparse.Namespace) -> int:
+    from traindoc.experiments.script_plan import script_experiment
+
+    kind = getattr(args, "experiment", None) or "overfit"
+    update, stop = _progress()
+    try:
+        result = script_experiment(kind, args.script, list(args.script_args), max_steps=args.max_steps,
+                                   trials=getattr(args, "trials", 7), seeds=getattr(args, "seeds", 2),
+                                   planned_steps=getattr(args, "planned_steps", None), lr=getattr(args, "lr", None),
+                                   jobs=getattr(args, "jobs", 1), workdir=args.trials_dir, progress=update)
+    finally:
+        stop()
+    _print_experiment(result, sys.stderr)
+    if args.json is not None:
+        _write_json(result.to_json(), args.json, sys.stderr)
+    return 0
 
 
 def _cmd_catalog(args: argparse.Namespace) -> int:
@@ -315,7 +387,57 @@ def build_parser() -> argparse.ArgumentParser:
                           "processes this command runs in)")
     run.add_argument("--html", action="store_true",
                      help="also write RUN_DIR/report.html (needs plotly: pip install 'traindoc[report]') (default: no page)")
+    run.add_argument("--trial", default=None, help=argparse.SUPPRESS)  # an experiment's setting, as JSON
     run.set_defaults(func=_cmd_run)
+
+    def experiment_options(p: argparse.ArgumentParser, steps_help: str) -> None:
+        p.add_argument("script", metavar="SCRIPT", help="the training script, unchanged")
+        p.add_argument("script_args", nargs="*", metavar="ARGS", help="the script's own arguments (after --)")
+        p.add_argument("--max-steps", type=int, default=None, metavar="N", help=steps_help)
+        p.add_argument("--json", default=None, metavar="PATH",
+                       help='write {"version": 1, "experiment", "findings", "result", "curves", "info"}; "-" for '
+                            "stdout (default: no JSON)")
+        p.add_argument("--trials-dir", default=None, metavar="DIR",
+                       help="where each trial's run directory and output go (default: a new temporary folder)")
+
+    tune = sub.add_parser("tune", help="run the Tuning Playbook's experiments on a script: lr, warmup, clip, "
+                                       "instability (each trial a bounded `traindoc run` with the setting "
+                                       "changed through hooks)",
+                          description="Guided experiments on an unmodified training script. Each trial runs the "
+                                      "script under `traindoc run` for at most --max-steps optimizer steps, with "
+                                      "its LR, warmup or clipping changed through PyTorch's hooks.",
+                          formatter_class=raw)
+    tune_sub = tune.add_subparsers(dest="experiment", required=True, metavar="EXPERIMENT")
+    lr_p = tune_sub.add_parser("lr", help="a learning rate from short real runs, with the LR where training "
+                                          "turns unstable")
+    experiment_options(lr_p, "optimizer steps per trial (default 100)")
+    lr_p.add_argument("--trials", type=int, default=7, metavar="K", help="LRs tried by short runs (default 7, "
+                                                                          "plus 2 to refine)")
+    lr_p.add_argument("--seeds", type=int, default=2, metavar="S", help="seeds per LR (default 2)")
+    lr_p.add_argument("--planned-steps", type=int, default=None, metavar="S",
+                      help="the length of your real run (default: the script runs once to its end to count it)")
+    lr_p.add_argument("--jobs", type=int, default=1, metavar="J", help="trials run side by side (default 1)")
+    warm_p = tune_sub.add_parser("warmup", help="the shortest warmup that keeps the LR stable")
+    experiment_options(warm_p, "at most this many optimizer steps per trial (default: 3x the warmup tried)")
+    warm_p.add_argument("--planned-steps", type=int, default=None, metavar="S",
+                        help="the length of your real run (default: the script runs once to its end to count it)")
+    warm_p.add_argument("--lr", type=float, default=None, help="the peak LR to make stable (default: the script's)")
+    warm_p.add_argument("--jobs", type=int, default=1, metavar="J", help="trials run side by side (default 1)")
+    clip_p = tune_sub.add_parser("clip", help="a clipping threshold from the gradient norms of a short run")
+    experiment_options(clip_p, "optimizer steps of the run (default 100)")
+    inst_p = tune_sub.add_parser("instability", help="train at 2x the LR: early (warmup helps) or sudden instability")
+    experiment_options(inst_p, "optimizer steps of the run (default 500)")
+    inst_p.add_argument("--lr", type=float, default=None, help="the LR to probe (default: 2x the script's)")
+    for p in (lr_p, warm_p, clip_p, inst_p):
+        p.set_defaults(func=_cmd_experiment)
+
+    overfit = sub.add_parser("overfit", help="train the script on one batch: does the loss reach ~0, and if not, why",
+                             description="Hold an unmodified script to the first batch of its DataLoader and see "
+                                         "whether the model learns it by heart (the Hugging Face course's first "
+                                         "check); if not, say why.")
+    experiment_options(overfit, "optimizer steps on the batch (default 200)")
+    overfit.add_argument("--lr", type=float, default=None, help="the peak LR (default: the script's)")
+    overfit.set_defaults(func=_cmd_experiment)
 
     catalog = sub.add_parser("catalog", help="list every finding id with its category and meaning",
                              description="List every finding id traindoc can report, with its category "
@@ -330,8 +452,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     script_args: list[str] = []
-    if "run" in argv and "--" in argv[argv.index("run"):]:  # `traindoc run SCRIPT [options] -- ARGS`
-        cut = argv.index("--", argv.index("run"))
+    if "--" in argv and argv and argv[0] in ("run", "tune", "overfit"):  # `traindoc run SCRIPT [options] -- ARGS`
+        cut = argv.index("--")
         argv, script_args = argv[:cut], argv[cut + 1:]
     args = build_parser().parse_args(argv)
     if script_args:

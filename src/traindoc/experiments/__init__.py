@@ -13,12 +13,18 @@ Each returns an `ExperimentResult` (findings, numbers, curves; ``to_json()`` is 
 experiments on an unmodified training script.
 """
 
-from traindoc.experiments.clipping import clip_threshold
-from traindoc.experiments.learning_rate import tune_lr
-from traindoc.experiments.overfit import overfit_batch
-from traindoc.experiments.result import ExperimentResult
-from traindoc.experiments.stability import instability, tune_warmup
-from traindoc.experiments.verify import verify_fix
+from __future__ import annotations
 
-__all__ = ["ExperimentResult", "clip_threshold", "instability", "overfit_batch", "tune_lr", "tune_warmup",
-           "verify_fix"]
+import importlib
+from typing import Any
+
+_WHERE = {"clip_threshold": "clipping", "tune_lr": "learning_rate", "overfit_batch": "overfit",
+          "ExperimentResult": "result", "instability": "stability", "tune_warmup": "stability",
+          "verify_fix": "verify"}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:  # each experiment loads on first use
+    if name in _WHERE:
+        return getattr(importlib.import_module(f"traindoc.experiments.{_WHERE[name]}"), name)
+    raise AttributeError(f"module 'traindoc.experiments' has no attribute {name!r}")

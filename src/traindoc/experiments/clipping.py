@@ -66,14 +66,24 @@ def clip_threshold(model: nn.Module | None = None, batches: Any = None, *, grad_
     elif model is not None and batches is not None:
         plan = Plan(model, batches, optimizer=optimizer, make_optimizer=make_optimizer, forward=forward,
                     loss_fn=loss_fn, steps=steps)
-        curve = plan.run(Setting(steps=max(10, int(steps)), seed=seed))
-        curves["unclipped"] = curve
-        norms = curve.grad_norms
-        source = f"an unclipped run of {curve.steps} steps at lr={plan.base_lr:.3g}"
+        return clip_experiment(plan, steps=steps, current=current, seed=seed)
     else:
         from traindoc.errors import TraindocInputError
 
         raise TraindocInputError("grad_norms", "pass grad_norms, run_dir, or a model with its batches and optimizer")
+    return _threshold(norms, current, source, curves)
+
+
+def clip_experiment(plan: Any, *, steps: int = 100, current: float | None = None, seed: int = 0) -> ExperimentResult:
+    """`clip_threshold` from a short run of a plan (a copy of the model trained unclipped, or a trial run
+    of the script, whose own threshold becomes ``current``)."""
+    curve = plan.run(Setting(steps=max(10, int(steps)), seed=seed))
+    source = f"a run of {curve.steps} steps at lr={plan.base_lr:.3g} (norms before clipping)"
+    return _threshold(curve.grad_norms, current if current is not None else curve.clip, source, {"run": curve})
+
+
+def _threshold(norms: Sequence[float], current: float | None, source: str, curves: dict[str, Curve],
+               ) -> ExperimentResult:
     norms = [v for v in norms if math.isfinite(v)]
     if len(norms) < 5:
         from traindoc.errors import TraindocInputError

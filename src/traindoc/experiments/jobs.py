@@ -30,9 +30,14 @@ def _run_one(setting: Setting, threads: int) -> Curve:
     return _PLAN.run(setting)
 
 
-def run_trials(plan: Plan, settings: Sequence[Setting], *, jobs: int = 1, progress: Any = None) -> list[Curve]:
-    """Each setting's curve, in order. ``progress(done, total)`` is called after each trial."""
+def run_trials(plan: Any, settings: Sequence[Setting], *, jobs: int = 1, progress: Any = None) -> list[Curve]:
+    """Each setting's curve, in order. ``progress(done, total)`` is called after each trial. A plan that
+    runs its trials as processes of their own (`traindoc.experiments.script_plan.ScriptPlan`) runs them
+    in a pool of ``jobs``."""
     global _PLAN
+    run_many = getattr(plan, "run_many", None)
+    if run_many is not None:
+        return run_many(settings, jobs=jobs, progress=progress)
     total = len(settings)
     fork = "fork" in multiprocessing.get_all_start_methods() and sys.platform.startswith("linux")
     if jobs <= 1 or total <= 1 or not fork:

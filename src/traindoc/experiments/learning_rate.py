@@ -82,6 +82,14 @@ def tune_lr(model: nn.Module, batches: Any, *, optimizer: Any = None,
     max_steps = max(8, int(max_steps))
     plan = Plan(model, batches, optimizer=optimizer, make_optimizer=make_optimizer, forward=forward,
                 loss_fn=loss_fn, steps=max_steps)
+    return lr_experiment(plan, max_steps=max_steps, trials=trials, seeds=seeds, planned_steps=planned_steps,
+                         jobs=jobs, progress=progress)
+
+
+def lr_experiment(plan: Any, *, max_steps: int, trials: int = 7, seeds: int = 2, planned_steps: int | None = None,
+                  jobs: int = 1, progress: Callable[[int, int], None] | None = None) -> ExperimentResult:
+    """`tune_lr` on a plan: copies of a model (`traindoc.experiments.trial.Plan`) or trial runs of a
+    script (`traindoc.experiments.script_plan.ScriptPlan`)."""
     total = 1 + (trials + 2) * seeds
     done = [0]
 

@@ -7,9 +7,11 @@ squared errors go to 0 on a memorised batch). Reached: the number of steps it to
 the curve says why (`traindoc.experiments.measures`):
 
 * a non-finite loss at step t: "turns NaN" (error);
-* the loss moved less than `STILL` of its first value: "does not move", with the cause read from the
-  copy: no parameter got a gradient, the parameters that get one are outside the optimizer, or the
-  LR is ~0 (below `ZERO_LR`) (error); else the updates are too small to show (warning);
+* the setup is broken, read from a copy after one backward (or, for a script, from the doctor's
+  findings at its first step): trainable parameters get no gradient, parameters that get one are
+  outside the optimizer, or the LR is ~0 (below `ZERO_LR`): "broken-setup" (error), with the cause;
+* the loss moved less than `STILL` of its first value: "does not move" (warning: the updates are too
+  small to show at this LR);
 * `oscillating`: "oscillates" (warning: the LR is too high for this batch);
 * otherwise "moves, then stops high" (warning: the LR is too low for this many steps, or the model
   cannot represent the batch).
@@ -52,8 +54,12 @@ def overfit_batch(model: nn.Module, batches: Any, *, optimizer: Any = None,
     """
     plan = Plan(model, batches, optimizer=optimizer, make_optimizer=make_optimizer, forward=forward,
                 loss_fn=loss_fn, steps=8)
-    batch = plan.richest_batch()
-    curve = plan.run(Setting(steps=max(1, int(steps)), lr=lr, one_batch=True, seed=seed), one=batch)
+    return overfit_experiment(plan, steps=steps, lr=lr, seed=seed)
+
+
+def overfit_experiment(plan: Any, *, steps: int = 200, lr: float | None = None, seed: int = 0) -> ExperimentResult:
+    """`overfit_batch` on a plan (copies of a model, or trial runs of a script held to one batch)."""
+    curve = plan.run(Setting(steps=max(1, int(steps)), lr=lr, one_batch=True, seed=seed))
     losses = curve.losses
     first = losses[0]
     floor = FLOOR * first if math.isfinite(first) else math.nan
@@ -81,13 +87,20 @@ def _diagnose(plan: Plan, losses: list[float], lr: float, result: dict[str, Any]
                        evidence, "Lower the LR, clip gradients, and look at the module nan-forward names." + fix_common)
     moved = (first - result["min_loss"]) / abs(first) if first else 0.0
     evidence["moved"] = moved
-    if moved < STILL:
-        why, fix, broken = _still(plan, lr)
-        evidence["diagnosis"] = "does-not-move"
+    broken = _broken(plan, lr) if isinstance(plan, Plan) else plan.why_still(lr)
+    if broken is not None:
+        why, fix = broken
+        evidence["diagnosis"] = "broken-setup"
         evidence["cause"] = why
-        return Finding("cannot-overfit-batch", "error" if broken else "warning",
+        return Finding("cannot-overfit-batch", "error",
+                       f"Training on one batch for {steps} steps, the loss only goes from {first:.4g} to "
+                       f"{result['min_loss']:.4g}: {why}", evidence, fix)
+    if moved < STILL:
+        evidence["diagnosis"] = "does-not-move"
+        return Finding("cannot-overfit-batch", "warning",
                        f"Training on one batch for {steps} steps, the loss does not move ({first:.4g} -> "
-                       f"{losses[-1]:.4g}): {why}", evidence, fix)
+                       f"{losses[-1]:.4g}): the updates at lr={lr:.3g} are too small to change it", evidence,
+                       "Raise the LR (try `traindoc tune lr`).")
     if oscillating(losses):
         evidence["diagnosis"] = "oscillates"
         return Finding("cannot-overfit-batch", "warning",
@@ -104,25 +117,25 @@ def _diagnose(plan: Plan, losses: list[float], lr: float, result: dict[str, Any]
                    "output size)." + fix_common)
 
 
-def _still(plan: Plan, lr: float) -> tuple[str, str, bool]:
-    """Why the loss does not move, read from a copy: no gradient, parameters outside the optimizer, LR ~0
-    (the setup is broken: True), or updates too small to show (False)."""
+def _broken(plan: Plan, lr: float) -> tuple[str, str] | None:
+    """What in the setup keeps the model from learning, read from a copy after one backward: trainable
+    parameters without a gradient, parameters with one outside the optimizer, an LR of ~0; None when
+    nothing is."""
     model, opt = plan.copies()
     model.train()
-    loss = plan.loss(model, plan.richest_batch())
-    loss.backward()
+    plan.loss(model, plan.richest_batch()).backward()
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     held = {id(p) for g in opt.param_groups for p in g["params"]}
-    with_grad = [(n, p) for n, p in trainable if p.grad is not None and bool(p.grad.any())]
-    if not with_grad:
-        return ("no parameter gets a gradient from the loss",
-                "Make the loss depend on the model's output (no `.detach()`, `torch.no_grad()` or `.item()` on the way) "
-                "and leave parameters trainable (`requires_grad=True`).", True)
-    outside = [n for n, p in with_grad if id(p) not in held]
-    if len(outside) == len(with_grad):
-        return (f"the parameters that get gradients are not in the optimizer ({', '.join(listed(outside))})",
-                "Create the optimizer after the model is complete: `torch.optim.AdamW(model.parameters(), ...)`.", True)
+    without = [n for n, p in trainable if p.grad is None or not bool(p.grad.any())]
+    outside = [n for n, p in trainable if id(p) not in held and n not in without]
+    if trainable and without:
+        return (f"{len(without)} of {len(trainable)} trainable parameters get no gradient from the loss "
+                f"({', '.join(listed(without))})",
+                "Make the loss depend on those modules' output (no `.detach()`, `torch.no_grad()` or `.item()` on "
+                "the way), or freeze them explicitly with `requires_grad_(False)`.")
+    if outside:
+        return (f"parameters that get gradients are not in the optimizer ({', '.join(listed(outside))})",
+                "Create the optimizer after the model is complete: `torch.optim.AdamW(model.parameters(), ...)`.")
     if lr < ZERO_LR:
-        return (f"the LR is {lr:.3g}", "Set a learning rate above 0 (and check the scheduler does not keep it at 0).",
-                True)
-    return ("the updates are too small to change the loss", "Raise the LR (try `traindoc tune lr`).", False)
+        return f"the LR is {lr:.3g}", "Set a learning rate above 0 (and check the scheduler does not keep it at 0)."
+    return None

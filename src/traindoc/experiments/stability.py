@@ -48,6 +48,12 @@ def instability(model: nn.Module, batches: Any, *, optimizer: Any = None,
     steps = max(MIN_STEPS, int(steps))
     plan = Plan(model, batches, optimizer=optimizer, make_optimizer=make_optimizer, forward=forward,
                 loss_fn=loss_fn, steps=steps)
+    return instability_experiment(plan, lr=lr, steps=steps, seed=seed)
+
+
+def instability_experiment(plan: Any, *, lr: float | None, steps: int, seed: int = 0) -> ExperimentResult:
+    """`instability` on a plan (copies of a model, or trial runs of a script)."""
+    steps = max(MIN_STEPS, int(steps))
     lr = float(lr) if lr is not None else 2 * plan.base_lr
     curve = plan.run(Setting(steps=steps, lr=lr, seed=seed))
     at = unstable_at(curve.losses)
@@ -84,12 +90,29 @@ def tune_warmup(model: nn.Module, batches: Any, *, planned_steps: int, optimizer
                 lr: float | None = None, max_steps: int | None = None, seed: int = 0, jobs: int = 1,
                 progress: Callable[[int, int], None] | None = None) -> ExperimentResult:
     """The shortest warmup that makes ``lr`` (default: the optimizer's) stable (see the module docstring)."""
-    candidates = warmup_candidates(int(planned_steps))
+    lengths = warmup_lengths(int(planned_steps), max_steps)
+    plan = Plan(model, batches, optimizer=optimizer, make_optimizer=make_optimizer, forward=forward,
+                loss_fn=loss_fn, steps=max(lengths.values()))
+    return warmup_experiment(plan, planned_steps=planned_steps, lr=lr, max_steps=max_steps, seed=seed, jobs=jobs,
+                             progress=progress)
+
+
+def warmup_lengths(planned_steps: int, max_steps: int | None) -> dict[int, int]:
+    """Each candidate warmup and the steps its trial runs: ``3 x W`` (at least `MIN_STEPS`, at most
+    ``max_steps``); no warmup runs as long as the shortest warmup's trial."""
+    candidates = warmup_candidates(planned_steps)
     cap = int(max_steps) if max_steps else 3 * candidates[-1]
     lengths = {w: min(cap, max(MIN_STEPS, 3 * w)) for w in candidates}
     lengths[0] = min(cap, max(MIN_STEPS, 3 * candidates[1]))
-    plan = Plan(model, batches, optimizer=optimizer, make_optimizer=make_optimizer, forward=forward,
-                loss_fn=loss_fn, steps=max(lengths.values()))
+    return lengths
+
+
+def warmup_experiment(plan: Any, *, planned_steps: int, lr: float | None = None, max_steps: int | None = None,
+                      seed: int = 0, jobs: int = 1, progress: Callable[[int, int], None] | None = None,
+                      ) -> ExperimentResult:
+    """`tune_warmup` on a plan (copies of a model, or trial runs of a script)."""
+    lengths = warmup_lengths(int(planned_steps), max_steps)
+    candidates = sorted(lengths)
     lr = float(lr) if lr is not None else plan.base_lr
     settings = [Setting(steps=lengths[w], lr=lr, warmup=w, seed=seed) for w in candidates]
     curves = run_trials(plan, settings, jobs=jobs, progress=progress)

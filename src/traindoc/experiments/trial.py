@@ -83,6 +83,8 @@ class Curve:
     grad_norms: list[float] = field(default_factory=list)
     lrs: list[float] = field(default_factory=list)
     stopped_early: bool = False
+    clip: float | None = None
+    """The clipping threshold the run used (the setting's, or the script's own)."""
 
     @property
     def steps(self) -> int:
@@ -188,8 +190,11 @@ class Plan:
         return loss
 
     def run(self, setting: Setting, one: Any = None) -> Curve:
-        """Train a copy under ``setting`` (on batch ``one`` at every step when given) and return what it
-        measured; the user's model, optimizer and RNG state are untouched."""
+        """Train a copy under ``setting`` (on batch ``one`` at every step when given, or on
+        `richest_batch` for a one-batch setting) and return what it measured; the user's model,
+        optimizer and RNG state are untouched."""
+        if setting.one_batch and one is None:
+            one = self.richest_batch()
         devices = [self.setup.device.index or 0] if self.setup.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(setting.seed)
@@ -202,7 +207,7 @@ class Plan:
         peak = _peak(opt.param_groups[0])
         ratios = [(_peak(g) / peak if peak > 0 else 1.0) for g in opt.param_groups]
         order = _order(len(self.batches) or 1, setting.seed)
-        curve = Curve()
+        curve = Curve(clip=setting.clip)
         losses: list[torch.Tensor] = []
         norms: list[torch.Tensor] = []
         for t in range(setting.steps):

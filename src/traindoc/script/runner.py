@@ -28,11 +28,13 @@ from pathlib import Path
 from typing import Any
 
 from traindoc.errors import TraindocInputError
+from traindoc.experiments.trial import Setting
 from traindoc.findings import Report, jsonable
 from traindoc.script.distributed import cross_rank_findings
 from traindoc.script.frames import Location, format_exception
 from traindoc.script.ranks import Gather, others_findings, rank_and_world
 from traindoc.script.session import Session, StopScript
+from traindoc.script.trial import TrialRun
 
 JSON_VERSION = 1
 
@@ -81,13 +83,15 @@ def _exit_code(code: Any) -> int:
 
 
 def run_script(script: str | os.PathLike[str], args: list[str], *, max_steps: int | None = None,
-               run_dir: str | os.PathLike[str] | None = None, quiet: bool = False) -> ScriptRun:
+               run_dir: str | os.PathLike[str] | None = None, quiet: bool = False,
+               trial: Setting | None = None) -> ScriptRun:
     """Run ``script`` with ``args`` under traindoc; raises `TraindocInputError` for a script that cannot
     be run (missing, not Python, a syntax error: the error is printed as Python prints it).
 
     Under torchrun (``WORLD_SIZE`` > 1) every rank diagnoses its own process, rank ``r`` > 0 quietly
     in ``RUN_DIR-rankR``, and rank 0's report gathers them (`traindoc.script.ranks`); the caller calls
-    `ScriptRun.release` once it has reported."""
+    `ScriptRun.release` once it has reported. ``trial`` is an experiment's setting
+    (`traindoc.script.trial`)."""
     path = Path(script)
     if not path.is_file():
         raise TraindocInputError("SCRIPT", f"{script} is not a file")
@@ -105,13 +109,17 @@ def run_script(script: str | os.PathLike[str], args: list[str], *, max_steps: in
     rank, world = rank_and_world()
     if rank and run_dir is not None:
         run_dir = f"{run_dir}-rank{rank}"
-    session = Session(max_steps=max_steps, run_dir=run_dir, quiet=quiet or rank != 0, distributed=world > 1)
+    trial_run = TrialRun(trial) if trial is not None else None
+    session = Session(max_steps=max_steps, run_dir=run_dir, quiet=quiet or rank != 0, distributed=world > 1,
+                      trial=trial_run)
     saved_argv, saved_path = sys.argv[:], sys.path[:]
     sys.argv = [str(path), *args]
     sys.path.insert(0, str(path.resolve().parent))
     error: BaseException | None = None
     stopped = False
     session.capture.install()
+    if trial_run is not None:
+        trial_run.install()
     try:
         runpy.run_path(str(path), run_name="__main__")
         code = 0
@@ -128,6 +136,8 @@ def run_script(script: str | os.PathLike[str], args: list[str], *, max_steps: in
         code = 1
     finally:
         sys.argv, sys.path[:] = saved_argv, saved_path
+        if trial_run is not None:
+            trial_run.remove()
     report, locations = session.finish(error)
     run = ScriptRun(report, locations, code, stopped, str(path), rank, world)
     if world > 1:

@@ -41,6 +41,7 @@ from traindoc.script.distributed import (
     wrapper_of,
 )
 from traindoc.script.frames import Location, setting_line, user_location
+from traindoc.script.trial import TrialRun
 from traindoc.setup import named_tensors
 
 
@@ -294,7 +295,7 @@ class Session:
     """Drives the doctor and the watch from the capture's events (see the module docstring)."""
 
     def __init__(self, *, max_steps: int | None, run_dir: str | Path | None, quiet: bool = False,
-                 distributed: bool = False):
+                 distributed: bool = False, trial: TrialRun | None = None):
         self.max_steps = max_steps
         self.run_dir = run_dir
         self.quiet = quiet
@@ -313,23 +314,31 @@ class Session:
         self.ranks = RankMeasures() if distributed else None
         """This rank's measures for the cross-rank findings (``torchrun``), None in one process."""
         self.bypassed: Finding | None = None
+        self.trial = trial
+        """An experiment's trial (`traindoc.script.trial`): its setting applied to the watched optimizer."""
+        self.base_lr: float | None = None
 
     # ------------------------------------------------------------------ events
     def _on_step(self, optimizer: torch.optim.Optimizer) -> None:
         if self.optimizer is None:
             self.optimizer = optimizer
+            g0 = optimizer.param_groups[0]
+            self.base_lr = float(g0.get("initial_lr", g0["lr"]))
             self._start(optimizer, after_step=False)
         elif optimizer is not self.optimizer and id(optimizer) not in self._others:
             self._others.add(id(optimizer))
             self.other_optimizers += 1
+        if self.trial is not None and optimizer is self.optimizer:
+            self.trial.before_step(optimizer, self.steps)
 
     def _on_step_end(self, optimizer: torch.optim.Optimizer) -> None:
         if optimizer is not self.optimizer:
             return
         if self._waiting:  # optimizer.step(closure): the closure called the model inside the step
             self._start(optimizer, after_step=True)
+        diverged = self.trial is not None and self.trial.after_step(optimizer, self.steps)
         self.steps += 1
-        if self.max_steps is not None and self.steps >= self.max_steps:
+        if diverged or (self.max_steps is not None and self.steps >= self.max_steps):
             raise StopScript()
 
     def _start(self, optimizer: torch.optim.Optimizer, *, after_step: bool) -> None:
@@ -351,6 +360,8 @@ class Session:
     def _on_backward(self, loss: torch.Tensor) -> None:
         if self.watch is not None:
             self.watch.log(loss=loss)
+        if self.trial is not None:
+            self.trial.on_loss(loss)
 
     def _on_batch(self, call: ModelCall) -> None:
         if self.watch is not None and inner_module(call.module) is self.model:
@@ -438,6 +449,13 @@ class Session:
             info["model"] = type(self.model).__name__
         if self.optimizer is not None:
             info["optimizer"] = type(self.optimizer).__name__
+            info["lr"] = self.base_lr
+        if self.trial is not None:
+            info["trial"] = {"setting": dict(vars(self.trial.setting)), "peak_lr": self.trial.peak,
+                             "one_batch_applied": self.trial.one_batch_applied}
+            if self.trial.setting.one_batch and not self.trial.one_batch_applied:
+                self.notes.append("the script reads no data through a torch DataLoader: it could not be held to "
+                                  "one batch")
         if self.other_optimizers:
             info["other_optimizers_not_watched"] = self.other_optimizers
         if self.optimizer is None:

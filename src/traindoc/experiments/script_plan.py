@@ -1,0 +1,201 @@
+"""Trials of an unmodified training script: each one ``traindoc run`` of it, in a process of its own.
+
+A `ScriptPlan` runs ``python -m traindoc run SCRIPT --max-steps N --run-dir DIR --json FILE --trial
+SETTING -- ARGS`` per trial (`traindoc.script.trial` applies the setting through PyTorch's hooks,
+the script's source is not touched), in the working directory the command was started in, with its
+output kept in ``DIR/../output.txt``. What the trial measured comes back from its run directory:
+each optimizer step's loss (the script's own, as the monitor logged it), its gradient norm before
+clipping, group 0's LR, and the script's clipping threshold. A fresh process per trial means the
+script's global state (seeds, caches, Accelerate's singletons) starts clean each time, and trials run
+side by side in a pool of ``jobs`` processes (`concurrent.futures`). The first trial's doctor
+findings (``traindoc run`` runs the one-batch doctor at the first step) explain a loss that does
+not move (`why_still`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from traindoc.errors import TraindocInputError
+from traindoc.experiments.trial import Curve, Setting
+
+
+class ScriptPlan:
+    def __init__(self, script: str | os.PathLike[str], args: Sequence[str] = (), *,
+                 workdir: str | os.PathLike[str] | None = None, threads: int | None = None):
+        path = Path(script)
+        if not path.is_file():
+            raise TraindocInputError("SCRIPT", f"{script} is not a file")
+        self.script = str(path)
+        self.args = list(args)
+        self.workdir = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="traindoc-trials-"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.threads = threads
+        self._count = 0
+        self._base_lr: float | None = None
+        self.findings: list[dict[str, Any]] = []
+        """The doctor's findings on the script (from the first trial that ran it), with their lines."""
+        self.cause_location: dict[str, Any] | None = None
+        """The line of the doctor's finding that `why_still` gave as the cause."""
+
+    # ------------------------------------------------------------------ one trial
+    def run(self, setting: Setting, *, bounded: bool = True) -> Curve:
+        """One trial; ``bounded=False`` lets the script run to its own end (its planned length)."""
+        self._count += 1
+        here = self.workdir / f"trial-{self._count:03d}"
+        here.mkdir(parents=True, exist_ok=True)
+        out = here / "findings.json"
+        command = [sys.executable, "-m", "traindoc", "run", self.script, "--run-dir", str(here / "run"),
+                   "--json", str(out), "--trial", json.dumps(asdict(setting))]
+        if bounded:
+            command += ["--max-steps", str(setting.steps)]
+        env = dict(os.environ)
+        if self.threads is not None:
+            env["OMP_NUM_THREADS"] = str(self.threads)
+        with open(here / "output.txt", "wb") as log:
+            code = subprocess.call([*command, "--", *self.args], stdout=log, stderr=subprocess.STDOUT, env=env)
+        if not out.is_file():
+            raise TraindocInputError("SCRIPT", f"a trial of {self.script} did not run (exit status {code}); its "
+                                               f"output is in {here / 'output.txt'}")
+        data = json.loads(out.read_text())
+        info = data.get("info", {})
+        if not self.findings:
+            self.findings = [f for f in data.get("findings", []) if f["id"] != "probe-failed"]
+        if self._base_lr is None and isinstance(info.get("lr"), (int, float)):
+            self._base_lr = float(info["lr"])
+        if setting.one_batch and not (info.get("trial") or {}).get("one_batch_applied"):
+            raise TraindocInputError("SCRIPT", f"{self.script} reads no data through a torch DataLoader, so a trial "
+                                               "cannot hold it to one batch: use traindoc.experiments.overfit_batch "
+                                               "from Python")
+        if not info.get("optimizer_steps"):
+            raise TraindocInputError("SCRIPT", f"a trial of {self.script} made no optimizer step; its output is in "
+                                               f"{here / 'output.txt'}")
+        return self._curve(here / "run")
+
+    @staticmethod
+    def _curve(run_dir: Path) -> Curve:
+        from traindoc.rundir import read_run
+
+        rows = read_run(run_dir).scalars
+        nan = float("nan")
+
+        def number(v: Any) -> float:
+            return float(v) if isinstance(v, (int, float)) else nan
+
+        return Curve(losses=[number(r.get("loss")) for r in rows],
+                     grad_norms=[number(r.get("grad_norm")) for r in rows],
+                     lrs=[number((r.get("lr") or [nan])[0]) for r in rows],
+                     clip=next((r["clip_threshold"] for r in rows if r.get("clip_threshold") is not None), None))
+
+    def run_many(self, settings: Sequence[Setting], *, jobs: int = 1,
+                 progress: Callable[[int, int], None] | None = None) -> list[Curve]:
+        total, done = len(settings), [0]
+
+        def one(s: Setting) -> Curve:
+            curve = self.run(s)
+            done[0] += 1
+            if progress is not None:
+                progress(done[0], total)
+            return curve
+
+        if jobs <= 1:
+            return [one(s) for s in settings]
+        with ThreadPoolExecutor(max_workers=jobs) as pool:  # each trial is a process of its own
+            return list(pool.map(one, settings))
+
+    # ------------------------------------------------------------------ what the experiments ask
+    @property
+    def base_lr(self) -> float:
+        """Group 0's peak LR in the script (a one-step trial reads it when no trial has yet)."""
+        if self._base_lr is None:
+            self.run(Setting(steps=1))
+        return self._base_lr if self._base_lr is not None else 0.0
+
+    def planned_steps(self) -> int:
+        """How many optimizer steps the script makes when it runs to its end (one unbounded trial)."""
+        return len(self.run(Setting(steps=1), bounded=False).losses)
+
+    def why_still(self, lr: float) -> tuple[str, str] | None:
+        """What in the script keeps the model from learning, from the doctor's findings at its first step:
+        parameters without a gradient or outside the optimizer, an LR of ~0; None when nothing is."""
+        for f in self.findings:
+            if f["id"] in ("no-grad-params", "params-not-in-optimizer") and f["severity"] == "error":
+                self.cause_location = f.get("location")
+                return f"{f['message']} (the doctor's {f['id']})", f["fix"]
+        if lr < 1e-8:
+            return f"the LR is {lr:.3g}", "Set a learning rate above 0 (and check the scheduler)."
+        return None
+
+
+EXPERIMENTS = ("lr", "warmup", "clip", "instability", "overfit")
+
+_LINE_OF = {"lr-too-high": "optimizer", "lr-too-low": "optimizer", "divergence": "optimizer",
+            "aggressive-clipping": "step", "cannot-overfit-batch": "optimizer"}
+
+
+def script_experiment(kind: str, script: str | os.PathLike[str], args: Sequence[str] = (), *,
+                      max_steps: int | None = None, trials: int = 7, seeds: int = 2, planned_steps: int | None = None,
+                      lr: float | None = None, jobs: int = 1, workdir: str | os.PathLike[str] | None = None,
+                      progress: Callable[[int, int], None] | None = None) -> Any:
+    """Run experiment ``kind`` (`EXPERIMENTS`) on an unmodified script; each trial at most ``max_steps``
+    optimizer steps. Returns the `traindoc.experiments.result.ExperimentResult`, its findings placed on
+    the script's lines (the optimizer's construction, the optimizer step)."""
+    from traindoc.experiments.clipping import clip_experiment
+    from traindoc.experiments.learning_rate import lr_experiment
+    from traindoc.experiments.overfit import overfit_experiment
+    from traindoc.experiments.stability import instability_experiment, warmup_experiment
+
+    if kind not in EXPERIMENTS:
+        raise TraindocInputError("experiment", f"must be one of {', '.join(EXPERIMENTS)}, got {kind!r}")
+    for name, value in (("--max-steps", max_steps), ("--trials", trials), ("--seeds", seeds),
+                        ("--planned-steps", planned_steps), ("--jobs", jobs)):
+        if value is not None and value < 1:
+            raise TraindocInputError(name, f"must be >= 1, got {value}")
+    plan = ScriptPlan(script, args, workdir=workdir, threads=1 if jobs > 1 else None)
+    if kind == "lr":
+        steps = max_steps or 100
+        planned = planned_steps or plan.planned_steps()
+        result = lr_experiment(plan, max_steps=steps, trials=trials, seeds=seeds, planned_steps=planned, jobs=jobs,
+                               progress=progress)
+    elif kind == "warmup":
+        planned = planned_steps or plan.planned_steps()
+        result = warmup_experiment(plan, planned_steps=planned, lr=lr, max_steps=max_steps, jobs=jobs,
+                                   progress=progress)
+    elif kind == "clip":
+        result = clip_experiment(plan, steps=max_steps or 100)
+    elif kind == "instability":
+        result = instability_experiment(plan, lr=lr, steps=max_steps or 500)
+    else:
+        result = overfit_experiment(plan, steps=max_steps or 200, lr=lr)
+    result.info.update({"script": str(script), "trial_runs": plan._count, "trials_directory": str(plan.workdir)})
+    result.locations = [(plan.cause_location if f.evidence.get("diagnosis") == "broken-setup" and plan.cause_location
+                         else _location(plan, f.id)) for f in result.findings]
+    if kind == "overfit":
+        result.info["doctor"] = [{"id": f["id"], "severity": f["severity"], "message": f["message"]}
+                                 for f in plan.findings]
+    return result
+
+
+def _location(plan: ScriptPlan, finding_id: str) -> dict[str, Any] | None:
+    """The script's line for a finding of an experiment, from what its first trial saw."""
+    import linecache
+
+    kind = _LINE_OF.get(finding_id)
+    info_path = plan.workdir / "trial-001" / "findings.json"
+    if kind is None or not info_path.is_file():
+        return None
+    info = json.loads(info_path.read_text()).get("info", {})
+    short = (info.get("created", {}).get(kind) or [None])[0] if kind == "optimizer" else info.get("lines", {}).get(kind)
+    if not short or ":" not in short:
+        return None
+    file, line = short.rsplit(":", 1)
+    return {"file": file, "line": int(line), "function": None, "code": linecache.getline(file, int(line)).strip()}
