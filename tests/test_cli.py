@@ -79,7 +79,7 @@ def test_help_lists_every_subcommand_with_its_purpose_and_examples(capsys):
     assert exit_info.value.code == 0
     text = " ".join(capsys.readouterr().out.split())  # undo argparse's line wrapping
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
-    assert set(sub.choices) == {"demo", "run", "report", "catalog"}
+    assert set(sub.choices) == {"demo", "run", "report", "catalog", "tune", "overfit"}
     helps = {c.dest: c.help for c in sub._choices_actions}
     for name in sub.choices:
         assert helps.get(name), f"subcommand {name} has no one-line help"
@@ -88,12 +88,15 @@ def test_help_lists_every_subcommand_with_its_purpose_and_examples(capsys):
     assert "does not learn" in text  # the paragraph saying what traindoc is
 
 
-@pytest.mark.parametrize("command", ["run", "report", "catalog"])
+@pytest.mark.parametrize("command", ["run", "report", "catalog", "overfit", "tune lr", "tune warmup", "tune clip",
+                                     "tune instability"])
 def test_every_argument_has_help_with_its_default(command):
     parser = build_parser()
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    for action in sub.choices[command]._actions:
-        if action.dest == "help":
+    for word in command.split():
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        parser = sub.choices[word]
+    for action in parser._actions:
+        if action.dest == "help" or action.help == argparse.SUPPRESS:  # the one internal option: --trial
             continue
         assert action.help, f"{command} {action.option_strings or action.dest} has no help"
         if action.option_strings:

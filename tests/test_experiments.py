@@ -215,3 +215,16 @@ def test_adding_the_missing_zero_grad_is_verified_against_the_loop_without_it():
     r = verify_fix(model, batches, optimizer=torch.optim.SGD(model.parameters(), lr=0.05), loss_fn=ce,
                    change={"zero_grad": True}, steps=60)
     assert r["baseline"] == {"zero_grad": False} and r["helped"]
+
+
+def test_an_experiment_renders_as_a_page_with_its_plots(tmp_path):
+    pytest.importorskip("plotly")
+    from traindoc.report.html import write_experiment_html
+
+    model, batches = mlp(), task()
+    r = tune_lr(model, batches, optimizer=torch.optim.SGD(model.parameters(), lr=1e-4), loss_fn=ce, max_steps=20,
+                trials=3, seeds=1)
+    page = write_experiment_html(r.to_dict(), tmp_path / "lr.html").read_text()
+    assert 'data-plot="lr"' in page and 'data-plot="curves"' in page and "lr-too-low" in page
+    clip = clip_threshold(grad_norms=[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], current=2.5)
+    assert 'data-plot="clip"' in write_experiment_html(clip.to_dict(), tmp_path / "clip.html").read_text()

@@ -227,14 +227,15 @@ _ENTRIES = [
         "trains from scratch); the usual range is 1e-5..1e-4. During training: update/weight ratios far "
         "above ~1e-3, loss rising with lr.",
         "Lower the learning rate until updates are ~1e-3 of the weights per step (fine-tuning a "
-        "pretrained transformer usually wants 1e-5..1e-4) and add warmup.",
+        "pretrained transformer usually wants 1e-5..1e-4) and add warmup; `traindoc tune lr train.py` "
+        "measures the best LR of your script by short runs.",
     ),
     Entry(
         "lr-too-low", "optimization",
         "The learning rate is so low that the weights barely move and the loss falls very slowly.",
         "Update/weight ratios far below ~1e-3 for a window of steps while the loss is not falling.",
         "Raise the learning rate by 3-10x at a time while the loss still falls smoothly, until updates "
-        "are ~1e-3 of the weights per step.",
+        "are ~1e-3 of the weights per step; `traindoc tune lr train.py` measures the best LR by short runs.",
     ),
     Entry(
         "missing-zero-grad", "optimization",
@@ -307,7 +308,8 @@ _ENTRIES = [
         "divergence", "optimization",
         "The loss rises steadily or becomes non-finite: training is unstable at this LR.",
         "The rolling median of the loss climbs well above its best value and stays there.",
-        "A rising loss: lower the LR (10x), add warmup and gradient clipping; in deep transformers prefer "
+        "A rising loss: lower the LR (10x; `traindoc tune lr`), add warmup (`traindoc tune warmup`) and "
+        "gradient clipping; in deep transformers prefer "
         "pre-norm blocks (x + f(Norm(x))). A loss stuck at NaN: fix where the NaN was born (nan-loss, "
         "nan-forward) and restart from a checkpoint before it.",
     ),
@@ -353,7 +355,7 @@ _ENTRIES = [
         "100 clipped-or-not steps (the first 10 left out; a short run is judged at close after its first "
         "fifth).",
         "Lower the learning rate instead, and set the clip threshold near the 90th percentile of "
-        "the unclipped gradient norms.",
+        "the unclipped gradient norms (`traindoc tune clip` measures it).",
     ),
     Entry(
         "weight-decay-on-norms", "optimization",

@@ -21,8 +21,9 @@ traindoc finds out why a PyTorch training run does not learn. In Python, traindo
 runs a few one-batch experiments on your real model and data and reports each problem it proves, with
 the evidence and the fix; traindoc.watch(model, optimizer) follows a training run (NaNs, loss spikes,
 plateaus, vanishing or exploding gradients, stalled layers) and records it in a run directory. This
-command turns such a run directory into an HTML page or JSON, fails a CI job on its findings, lists
-every finding id, and runs the demo."""
+command diagnoses an unmodified training script (run), runs the Tuning Playbook's experiments on it
+(tune lr/warmup/clip/instability, overfit), turns a run directory into an HTML page or JSON, fails a CI
+job on its findings, lists every finding id, and runs the demo."""
 
 EPILOG = """\
 examples:
@@ -32,6 +33,10 @@ examples:
       CI gate: write the findings as JSON, exit 1 if the run has an error finding
   traindoc run train.py --max-steps 200
       run an unmodified training script for 200 optimizer steps and diagnose it
+  traindoc overfit train.py
+      can the script's model learn one batch by heart? if not, why
+  traindoc tune lr train.py --planned-steps 5000
+      a learning rate picked by short real runs of the script, and where training turns unstable
   traindoc catalog
       list every finding id with its category and what it means
 
@@ -314,6 +319,10 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
     _print_experiment(result, sys.stderr)
     if args.json is not None:
         _write_json(result.to_json(), args.json, sys.stderr)
+    if args.html is not None:
+        from traindoc.report.html import write_experiment_html
+
+        print(f"wrote {write_experiment_html(result.to_dict(), args.html)}", file=sys.stderr)
     return 0
 
 
@@ -397,6 +406,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--json", default=None, metavar="PATH",
                        help='write {"version": 1, "experiment", "findings", "result", "curves", "info"}; "-" for '
                             "stdout (default: no JSON)")
+        p.add_argument("--html", default=None, metavar="PATH",
+                       help="also write the result as an HTML page with its plots (needs plotly) (default: none)")
         p.add_argument("--trials-dir", default=None, metavar="DIR",
                        help="where each trial's run directory and output go (default: a new temporary folder)")
 

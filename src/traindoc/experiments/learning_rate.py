@@ -3,11 +3,14 @@
 Algorithm.
 
 1. **Bracket** (one trial, the LR range test): the LR of group 0 rises exponentially from
-   `RAMP_FROM` to `RAMP_TO` over ``max_steps`` steps; the trial stops when its smoothed loss has
+   `RAMP_FROM` to `RAMP_TO` over ``max_steps`` steps (at least `RAMP_STEPS`: a coarser ramp skips
+   whole decades); the trial stops when its smoothed loss has
    diverged (`traindoc.experiments.measures.unstable_at`). The LR at the minimum of the smoothed loss,
    ``lr_min_loss``, is where the loss still fell fastest *while the LR kept rising*: an upper end,
    not an answer (for transformers it lands near 1e-3 where the best fine-tuning LR is ~1e-5, the
    reason Hugging Face declined a plain LR finder). The bracket spans `BRACKET_DECADES` decades below it.
+   A ramp whose smoothed loss never fell by `RAMP_GAIN` of its first value shows nothing: the bracket
+   is then the optimizer's own LR, 2 decades below to 1 above.
 2. **Short real runs**: ``trials`` LRs log-spaced over the bracket, each trained for ``max_steps``
    steps at a constant LR from the same initial state, with ``seeds`` seeds (dropout and batch order);
    then two more LRs half a grid step either side of the best (or a grid step beyond the bracket when
@@ -15,8 +18,9 @@ Algorithm.
    the mean over seeds.
 3. **Answer**: ``lr*`` is the LR with the best score. ``lr_range`` is the contiguous run of tried
    LRs around it whose score is within the noise of the best: half the spread across seeds at lr*,
-   or 1% of its score if larger. ``unstable_lr`` is the smallest tried LR at which a seed went
-   non-finite or ended above its first loss, else the LR where the ramp diverged.
+   or 1% of its score if larger. ``unstable_lr`` is the smallest tried LR above lr* at which a seed
+   became unstable (`traindoc.experiments.measures.unstable_at`: non-finite, or the smoothed loss at
+   twice its best), else the LR where the ramp diverged.
 4. **Horizon**: the best LR falls as training gets longer (Bjorck et al., ICLR 2025). lr* is also
    read at 1/4 and 1/2 of the steps (the prefixes of the same constant-LR runs are shorter runs);
    the slope ``alpha`` of log lr* against log steps (least squares, clamped to [-1, 0]) extrapolates
@@ -45,6 +49,8 @@ from traindoc.experiments.trial import DIVERGE, Curve, Plan, Setting
 from traindoc.findings import Finding
 
 RAMP_FROM, RAMP_TO = 1e-7, 10.0
+RAMP_STEPS = 100
+RAMP_GAIN = 0.05
 BRACKET_DECADES = 2.0
 OUTSIDE = 3.0
 
@@ -56,8 +62,9 @@ def _geomspace(lo: float, hi: float, n: int) -> list[float]:
 
 
 def _unstable(curve: Curve) -> bool:
-    finite = [v for v in curve.losses if math.isfinite(v)]
-    return len(finite) < len(curve.losses) or (len(finite) >= 2 and final_loss(curve.losses) >= finite[0])
+    """The run went non-finite or its smoothed loss rose to twice its best (`unstable_at`); a loss that
+    merely did not fall (an LR too low) is not unstable."""
+    return unstable_at(curve.losses) is not None
 
 
 def tune_lr(model: nn.Module, batches: Any, *, optimizer: Any = None,
@@ -98,15 +105,20 @@ def lr_experiment(plan: Any, *, max_steps: int, trials: int = 7, seeds: int = 2,
         if progress is not None:
             progress(done[0], total)
 
-    ramp = run_trials(plan, [Setting(steps=max_steps, lr=RAMP_FROM, lr_end=RAMP_TO, stop_on_divergence=True)],
-                      progress=tick)[0]
+    ramp = run_trials(plan, [Setting(steps=max(RAMP_STEPS, max_steps), lr=RAMP_FROM, lr_end=RAMP_TO,
+                                     stop_on_divergence=True)], progress=tick)[0]
     stop = unstable_at(ramp.losses, DIVERGE)
     sm = smoothed(ramp.losses[:stop] if stop is not None else ramp.losses)
     finite = [(v, i) for i, v in enumerate(sm) if math.isfinite(v)]
     i_min = min(finite)[1] if finite else 0
     lr_min_loss = ramp.lrs[i_min]
     lr_diverge = ramp.lrs[stop] if stop is not None else None
-    grid = _geomspace(lr_min_loss / 10 ** BRACKET_DECADES, lr_min_loss, max(2, trials))
+    improved = bool(finite) and sm[i_min] < (1 - RAMP_GAIN) * sm[0]
+    if improved:
+        grid = _geomspace(lr_min_loss / 10 ** BRACKET_DECADES, lr_min_loss, max(2, trials))
+    else:  # the ramp never brought the loss down: bracket the optimizer's own LR instead
+        base = plan.base_lr if plan.base_lr > 0 else 1e-3
+        grid = _geomspace(base / 10 ** BRACKET_DECADES, base * 10, max(2, trials))
     ratio = (grid[-1] / grid[0]) ** (1 / (len(grid) - 1))
 
     runs: dict[float, list[Curve]] = {}
@@ -143,7 +155,7 @@ def lr_experiment(plan: Any, *, max_steps: int, trials: int = 7, seeds: int = 2,
     while hi + 1 < len(tried) and scores[tried[hi + 1]] <= scores[lr_star] + tolerance:
         hi += 1
     lr_range = [tried[lo], tried[hi]]
-    unstable = [lr for lr in tried if any(_unstable(c) for c in runs[lr])]
+    unstable = [lr for lr in tried if lr > lr_star and any(_unstable(c) for c in runs[lr])]
     unstable_lr = min(unstable) if unstable else lr_diverge
 
     horizons = sorted({max(4, max_steps // 4), max(4, max_steps // 2), max_steps})
@@ -160,7 +172,8 @@ def lr_experiment(plan: Any, *, max_steps: int, trials: int = 7, seeds: int = 2,
         "unstable_lr": unstable_lr, "short_run_lr": lr_star, "short_run_range": lr_range,
         "steps_per_trial": max_steps, "planned_steps": planned, "horizon_exponent": alpha,
         "best_lr_by_steps": {str(h): best_at[h] for h in horizons}, "seeds": seeds,
-        "bracket": {"ramp_min_loss_lr": lr_min_loss, "ramp_diverged_lr": lr_diverge, "low": grid[0], "high": grid[-1]},
+        "bracket": {"ramp_min_loss_lr": lr_min_loss, "ramp_diverged_lr": lr_diverge, "ramp_brought_loss_down": improved,
+                    "low": grid[0], "high": grid[-1]},
         "scores": {f"{lr:.3g}": scores[lr] for lr in tried}, "seed_spread": spread,
     }
     curves = {"ramp": ramp, **{f"lr={lr:.3g}": runs[lr][0] for lr in tried}}
@@ -184,10 +197,10 @@ def _judge(user_lr: float, result: dict[str, Any]) -> list[Finding]:
     evidence = {"lr": user_lr, "lr_range": [low, high], "suggested_lr": suggested, "unstable_lr": unstable,
                 "short_run_lr": result["short_run_lr"], "steps_per_trial": steps,
                 "planned_steps": result["planned_steps"], "scores": result["scores"]}
-    horizon = (f" for {result['planned_steps']} steps (best after {steps} steps: {result['short_run_lr']:.2g})"
+    horizon = (f" for {result['planned_steps']} steps ({result['short_run_lr']:.2g} after {steps} steps)"
                if result["planned_steps"] > steps else f" after {steps} steps")
-    fix = (f"Set the learning rate to about {suggested:.2g} (best range {low:.2g}..{high:.2g}{horizon}), with a "
-           "warmup if the run is long.")
+    fix = (f"Set the learning rate to about {suggested:.2g}: short runs of this model found {low:.2g}..{high:.2g} "
+           f"best{horizon}. Add a warmup if the run is long (`traindoc tune warmup`).")
     if user_lr <= 0:
         return []
     if unstable is not None and user_lr >= unstable:
@@ -196,10 +209,10 @@ def _judge(user_lr: float, result: dict[str, Any]) -> list[Finding]:
                         "unstable", evidence, fix)]
     if user_lr > OUTSIDE * high:
         return [Finding("lr-too-high", "warning",
-                        f"lr={user_lr:.3g} is {user_lr / high:.1f}x above the best range {low:.2g}..{high:.2g}"
-                        f"{horizon}, measured by short runs of this model", evidence, fix)]
+                        f"lr={user_lr:.3g} is {user_lr / high:.1f}x above {low:.2g}..{high:.2g}, the best range"
+                        f"{horizon} that short runs of this model found", evidence, fix)]
     if user_lr < low / OUTSIDE:
         return [Finding("lr-too-low", "warning",
-                        f"lr={user_lr:.3g} is {low / user_lr:.1f}x below the best range {low:.2g}..{high:.2g}"
-                        f"{horizon}, measured by short runs of this model", evidence, fix)]
+                        f"lr={user_lr:.3g} is {low / user_lr:.1f}x below {low:.2g}..{high:.2g}, the best range"
+                        f"{horizon} that short runs of this model found", evidence, fix)]
     return []

@@ -443,3 +443,64 @@ def histogram_figure(run: RunData, layer: str) -> Any | None:
     fig.update_layout(title={"text": f"Histograms over time: {short_labels([layer], 90)[0]}", "x": 0.01}, template="plotly_white",
                       height=360, margin={"l": 70, "r": 30, "t": 70, "b": 50})
     return fig
+
+
+# ----------------------------------------------------------------------------- experiments
+
+
+def experiment_curves_figure(data: dict[str, Any]) -> Any | None:
+    """The loss of each trial of an experiment against its step (one line per trial)."""
+    curves = data.get("curves") or {}
+    if not curves:
+        return None
+    go = _go()
+    fig = go.Figure()
+    for name, c in curves.items():
+        ys = [_finite_or_none(v) for v in c.get("losses", [])]
+        if any(v is not None for v in ys):
+            xs, ys = thin(list(range(len(ys))), ys)
+            fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", name=esc(name)))
+    _layout(fig, "Loss of each trial", "optimizer step", "loss")
+    return fig
+
+
+def lr_scores_figure(data: dict[str, Any]) -> Any | None:
+    """The LR experiment's score (final loss) against the LR tried, with the suggestion, the range and
+    the LR where training turned unstable marked."""
+    result = data.get("result") or {}
+    scores = result.get("scores") or {}
+    points = sorted((float(k), _finite_or_none(v)) for k, v in scores.items())
+    if not points:
+        return None
+    go = _go()
+    fig = go.Figure(go.Scatter(x=[p[0] for p in points], y=[p[1] for p in points], mode="lines+markers",
+                               name="final loss after the short run"))
+    lo, hi = result.get("lr_range") or (None, None)
+    if lo and hi:
+        fig.add_vrect(x0=lo, x1=hi, fillcolor="#2da44e", opacity=0.15, line_width=0)
+    for key, color in (("suggested_lr", "#2da44e"), ("short_run_lr", "#0969da"), ("unstable_lr", "#cf222e")):
+        v = result.get(key)
+        if isinstance(v, (int, float)) and v > 0:
+            fig.add_vline(x=v, line_color=color, line_dash="dash", annotation_text=key.replace("_", " "))
+    _layout(fig, "Short runs: final loss by learning rate", "learning rate", "final loss")
+    fig.update_xaxes(type="log")
+    return fig
+
+
+def clip_histogram_figure(data: dict[str, Any]) -> Any | None:
+    """The clipping experiment's histogram of gradient norms, with the threshold and the current one."""
+    result = data.get("result") or {}
+    hist = result.get("histogram") or {}
+    edges, counts = hist.get("edges") or [], hist.get("counts") or []
+    if len(edges) != len(counts) + 1 or not counts:
+        return None
+    go = _go()
+    centers = [(a * b) ** 0.5 if a > 0 and b > 0 else (a + b) / 2 for a, b in zip(edges, edges[1:], strict=False)]
+    fig = go.Figure(go.Bar(x=centers, y=counts, name="steps"))
+    for key, color in (("threshold", "#2da44e"), ("current", "#cf222e")):
+        v = result.get(key)
+        if isinstance(v, (int, float)) and v > 0:
+            fig.add_vline(x=v, line_color=color, line_dash="dash", annotation_text=key)
+    _layout(fig, "Gradient norm before clipping", "global gradient norm", "steps")
+    fig.update_xaxes(type="log")
+    return fig

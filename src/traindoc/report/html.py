@@ -346,3 +346,42 @@ def write_html_report(run_dir: str | os.PathLike[str], output: str | os.PathLike
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, out)
     return out
+
+
+def render_experiment_html(data: dict[str, Any]) -> str:
+    """An experiment's result (`traindoc.experiments.result.ExperimentResult.to_dict`) as one HTML page:
+    its findings, its numbers, the loss of each trial, and the experiment's own plot (final loss by LR,
+    the gradient-norm histogram)."""
+    _require_plotly()
+    from plotly.offline import get_plotlyjs
+
+    from traindoc.report import figures
+
+    page = _Page()
+    kind = str(data.get("experiment", "?"))
+    findings = [{**f, "title": f.get("message", "")} for f in data.get("findings", []) if isinstance(f, dict)]
+    body = "".join(_finding_html(i, f) for i, f in enumerate(findings)) or _empty("No findings.")
+    page.section("findings", "Findings", body)
+    rows = [(k, v) for k, v in (data.get("result") or {}).items() if k not in ("histogram", "scores")]
+    page.section("result", "Result", _table(rows, "overview"))
+    own = {"lr": figures.lr_scores_figure, "clip": figures.clip_histogram_figure}.get(kind)
+    fig = own(data) if own is not None else None
+    if fig is not None:
+        page.section("experiment", "The experiment", page.plot(fig, kind))
+    fig = figures.experiment_curves_figure(data)
+    page.section("curves", "Trials", page.plot(fig, "curves") if fig else _empty("No trial curves."))
+    title = f"traindoc {kind} experiment" + (f": {data['info']['script']}" if (data.get("info") or {}).get("script")
+                                              else "")
+    return "\n".join([
+        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{_esc(title)}</title>", f"<style>{_CSS}</style>", f"<script>{_ERROR_CATCHER}</script>",
+        f'<script type="text/javascript">{get_plotlyjs()}</script>', "</head><body><main>",
+        f"<h1>{_esc(title)}</h1>", *page.sections, f"<script>{_RENDER}</script>", "</main></body></html>"])
+
+
+def write_experiment_html(data: dict[str, Any], output: str | os.PathLike[str]) -> Path:
+    """Write `render_experiment_html` to ``output``; return its path."""
+    out = Path(output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(render_experiment_html(data), encoding="utf-8")
+    return out

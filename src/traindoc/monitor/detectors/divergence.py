@@ -110,6 +110,7 @@ class DivergenceDetector(Detector):
                 f"Loss diverging since step {self._above_since}: rolling median {m:.4g} vs best "
                 f"{self._best:.4g}", evidence,
                 f"Lower the LR{try_lr}, warm it up over the first few hundred steps and clip gradients near the "
-                "90th percentile of their norms; in deep transformers, pre-norm blocks (x + f(Norm(x))) are the "
-                "stable form." + accumulation_note(self._backward_calls))]
+                "90th percentile of their norms (`traindoc tune lr`, `tune warmup` and `tune clip` measure each "
+                "on your script); in deep transformers, pre-norm blocks (x + f(Norm(x))) are the stable form."
+                + accumulation_note(self._backward_calls))]
         return []

@@ -152,7 +152,8 @@ class LearningRateDetector(Detector):
             return ""
         advice = (f"Lower the LR from {lr:.3g}: try {lr / 10:.2g} (10x lower) first, with a warmup over the first "
                   "few hundred steps, and go further down until updates are ~1e-3 of the weights per step "
-                  f"(~{lr / max(factor, 10.0):.2g} at the ratio seen).")
+                  f"(~{lr / max(factor, 10.0):.2g} at the ratio seen); `traindoc tune lr` measures the best LR "
+                  "of a script by short runs.")
         note = accumulation_note(self._backward_calls).strip()
         return f"{note} Otherwise: {advice[0].lower()}{advice[1:]}" if note else advice
 
