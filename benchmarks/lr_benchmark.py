@@ -59,7 +59,9 @@ optimizer steps each search ran is shown next to it (traindoc: ``r.info["trainin
 Target (for ``traindoc``): on every task its suggested LR is within 2x of the grid-best LR and its
 final loss (validated as above) within 2% of the grid-best's. The percent column is relative to
 the grid-best's final loss; a negative value means the suggestion beat the grid's best point
-(which only resolves the optimum to ``10 ** (1 / per_decade)``).
+(which only resolves the optimum to ``10 ** (1 / per_decade)``). ``Δ loss`` is the absolute
+difference: where a task is nearly solved at the best LR (``seq2seq-reverse``'s loss goes towards
+0) a small absolute gap is a large percentage, so read both.
 
 Peers (optional) are installed into the venv without touching torch with
 
@@ -571,19 +573,20 @@ def run_task(task: Task, args: argparse.Namespace, methods: list[str]) -> dict[s
     print("grid (LR: final loss, mean of seeds): " + ", ".join(
         f"{lr:.3g}: {fmt_loss(grid[lr][0])}" for lr in lrs))
     print()
-    print("| method | suggested LR | / grid-best | final loss (seeds) | vs grid-best | search cost (step times) "
+    print("| method | suggested LR | / grid-best | final loss (seeds) | vs grid-best | Δ loss | search cost (step times) "
           "| search steps | notes |")
-    print("|---|---:|---:|---|---:|---:|---:|---|")
+    print("|---|---:|---:|---|---:|---:|---:|---:|---|")
     for r in rows:
         s = r.search
         if s.lr is None:
-            print(f"| {r.method} | n/a | – | – | – | "
+            print(f"| {r.method} | n/a | – | – | – | – | "
                   f"{'–' if s.seconds == 0 else f'{s.seconds / t_step:.0f}'} | {s.steps or '–'} | n/a: {s.failed} |")
             continue
         pct = ((r.loss - best_loss) / best_loss * 100) if math.isfinite(r.loss) else math.inf
         seeds_txt = ", ".join(fmt_loss(v) for v in r.per_seed)
         print(f"| {r.method} | {s.lr:.3g} | {s.lr / best_lr:.2f}x | {fmt_loss(r.loss)} ({seeds_txt}) "
-              f"| {'+inf' if not math.isfinite(pct) else f'{pct:+.2f}%'} | {s.seconds / t_step:.0f} | {s.steps} "
+              f"| {'+inf' if not math.isfinite(pct) else f'{pct:+.2f}%'} | {r.loss - best_loss:+.4f} "
+              f"| {s.seconds / t_step:.0f} | {s.steps} "
               f"| {s.note} |")
     sys.stdout.flush()
     return {"task": task.name, "best_lr": best_lr, "best_loss": best_loss, "edge": edge, "rows": rows,

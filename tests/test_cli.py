@@ -89,7 +89,7 @@ def test_help_lists_every_subcommand_with_its_purpose_and_examples(capsys):
 
 
 @pytest.mark.parametrize("command", ["run", "report", "catalog", "overfit", "tune lr", "tune warmup", "tune clip",
-                                     "tune instability"])
+                                     "tune instability", "tune fix"])
 def test_every_argument_has_help_with_its_default(command):
     parser = build_parser()
     for word in command.split():

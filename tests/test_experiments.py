@@ -228,3 +228,22 @@ def test_an_experiment_renders_as_a_page_with_its_plots(tmp_path):
     assert 'data-plot="lr"' in page and 'data-plot="curves"' in page and "lr-too-low" in page
     clip = clip_threshold(grad_norms=[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], current=2.5)
     assert 'data-plot="clip"' in write_experiment_html(clip.to_dict(), tmp_path / "clip.html").read_text()
+
+
+def test_trials_on_a_local_ray_instance_give_the_same_answer():
+    """``backend="ray"``: each trial a Ray task on a local instance the test starts; the plan travels
+    through Ray's object store (lambdas and all), and the answer is the one the local run gives."""
+    ray = pytest.importorskip("ray")
+    model, batches = mlp(), task()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    loss = lambda out, b: F.cross_entropy(out, b[1])  # noqa: E731 (travels by value; this test module does not)
+    local = tune_lr(model, batches, optimizer=opt, loss_fn=loss, max_steps=20, trials=3, seeds=2)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        remote = tune_lr(model, batches, optimizer=opt, loss_fn=loss, max_steps=20, trials=3, seeds=2, backend="ray")
+        fixed = verify_fix(model, batches, optimizer=opt, loss_fn=loss, change={"lr": 1e-5}, steps=20, seeds=1,
+                           backend="ray")
+    finally:
+        ray.shutdown()
+    assert remote.result == local.result
+    assert fixed["verdict"] in ("made it worse", "did not help")

@@ -69,3 +69,18 @@ def test_tune_warmup_and_clip_on_a_script(tmp_path):
 def test_a_missing_script_is_one_message(tmp_path, capsys):
     assert main(["tune", "lr", str(tmp_path / "nope.py")]) == 2
     assert "not a file" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_tune_fix_verifies_a_setting_on_the_script(tmp_path):
+    code, data = experiment(tmp_path, "tune", "fix", str(SCRIPTS / "overfit_loop.py"), "--lr", "0.03",
+                            "--max-steps", "40", "--seeds", "1")
+    assert code == 0 and data["experiment"] == "fix"
+    r = data["result"]
+    assert r["change"] == {"lr": 0.03} and r["helped"] and r["loss_after"] < r["loss_before"]
+    assert set(data["curves"]) == {"before", "after"}
+
+
+def test_tune_fix_needs_a_change(tmp_path, capsys):
+    assert main(["tune", "fix", str(SCRIPTS / "overfit_loop.py")]) == 2
+    assert "--lr" in capsys.readouterr().err

@@ -288,6 +288,9 @@ def _print_experiment(result: Any, out: TextIO) -> None:
                                                   if r["current"] else "")),
             "instability": lambda: (f"at lr {r['lr']:.3g}: " + ("stable" if not r["unstable"] else
                                     f"{r['kind']} instability at step {r['unstable_at_step']}") + f" of {r['steps']}"),
+            "fix": lambda: (f"{r['change']} {r['verdict']}: final loss {r['loss_before']:.4g} before, "
+                            f"{r['loss_after']:.4g} after ({r['steps']} steps, {r['seeds']} seeds; noise "
+                            f"{r['noise']:.2g})"),
             "overfit": lambda: (f"one batch learned in {r['steps_to_floor']} steps" if r["reached"] else
                                 f"one batch not learned in {r['steps']} steps ({r['first_loss']:.4g} -> "
                                 f"{r['final_loss']:.4g}): {r['diagnosis']}")}[result.experiment]()
@@ -308,12 +311,20 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
     from traindoc.experiments.script_plan import script_experiment
 
     kind = getattr(args, "experiment", None) or "overfit"
+    change = None
+    if kind == "fix":
+        change = {k: v for k, v in (("lr", args.lr), ("warmup", args.warmup), ("clip", args.clip),
+                                    ("zero_grad", True if args.zero_grad else None)) if v is not None}
+        if not change:
+            raise TraindocInputError("fix", "name the change to verify: --lr, --warmup, --clip or --zero-grad")
     update, stop = _progress()
     try:
         result = script_experiment(kind, args.script, list(args.script_args), max_steps=args.max_steps,
                                    trials=getattr(args, "trials", 7), seeds=getattr(args, "seeds", 2),
-                                   planned_steps=getattr(args, "planned_steps", None), lr=getattr(args, "lr", None),
-                                   jobs=getattr(args, "jobs", 1), workdir=args.trials_dir, progress=update)
+                                   planned_steps=getattr(args, "planned_steps", None),
+                                   lr=None if kind == "fix" else getattr(args, "lr", None),
+                                   jobs=getattr(args, "jobs", 1), workdir=args.trials_dir, change=change,
+                                   backend="ray" if getattr(args, "ray", False) else "pool", progress=update)
     finally:
         stop()
     _print_experiment(result, sys.stderr)
@@ -439,7 +450,22 @@ def build_parser() -> argparse.ArgumentParser:
     inst_p = tune_sub.add_parser("instability", help="train at 2x the LR: early (warmup helps) or sudden instability")
     experiment_options(inst_p, "optimizer steps of the run (default 500)")
     inst_p.add_argument("--lr", type=float, default=None, help="the LR to probe (default: 2x the script's)")
-    for p in (lr_p, warm_p, clip_p, inst_p):
+    fix_p = tune_sub.add_parser("fix", help="verify a fix that is a setting: a seeded A/B of the script as it is "
+                                            "and with the change")
+    experiment_options(fix_p, "optimizer steps of each arm (default 100)")
+    fix_p.add_argument("--lr", type=float, default=None, help="the peak LR to try (default: unchanged)")
+    fix_p.add_argument("--warmup", type=int, default=None, metavar="W", help="warmup steps to add (default: none)")
+    fix_p.add_argument("--clip", type=float, default=None, help="a clipping threshold to add (default: none)")
+    fix_p.add_argument("--zero-grad", action="store_true",
+                       help="zero the gradients after every step, as a missing optimizer.zero_grad() would "
+                            "(default: off)")
+    fix_p.add_argument("--seeds", type=int, default=2, metavar="S", help="seeds per arm (default 2)")
+    fix_p.add_argument("--jobs", type=int, default=1, metavar="J", help="trials run side by side (default 1)")
+    for p in (lr_p, warm_p, fix_p):
+        p.add_argument("--ray", action="store_true",
+                       help="run the trials as tasks on a Ray cluster (RAY_ADDRESS, else a local one; pip install "
+                            "'traindoc[ray]') (default: local processes)")
+    for p in (lr_p, warm_p, clip_p, inst_p, fix_p):
         p.set_defaults(func=_cmd_experiment)
 
     overfit = sub.add_parser("overfit", help="train the script on one batch: does the loss reach ~0, and if not, why",

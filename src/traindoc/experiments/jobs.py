@@ -5,12 +5,15 @@ never talk to each other. ``jobs=1`` runs them in order in this process. ``jobs 
 ``concurrent.futures.ProcessPoolExecutor`` whose workers are forked from this process (they inherit
 the plan, model and batches without pickling them: only the settings and the measured curves cross
 the process boundary); where fork is not available (macOS and Windows start processes by spawning),
-the trials run in order. The user's objects are never trained in any case: a trial trains a copy.
+the trials run in order. ``backend="ray"`` sends each trial to a Ray cluster as a task (the plan is
+pickled once into Ray's object store). The user's objects are never trained in any case: a trial
+trains a copy.
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import os
 import sys
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -30,14 +33,40 @@ def _run_one(setting: Setting, threads: int) -> Curve:
     return _PLAN.run(setting)
 
 
-def run_trials(plan: Any, settings: Sequence[Setting], *, jobs: int = 1, progress: Any = None) -> list[Curve]:
+def ray_map(fn: Any, plan: Any, items: Sequence[Any], *, progress: Any = None) -> list[Any]:
+    """``fn(plan, *item)`` for each item as Ray tasks, results in order. Connects to the cluster named by
+    ``RAY_ADDRESS`` (or the one this process already joined with ``ray.init``), else starts a local
+    Ray instance. The plan is put in Ray's object store once."""
+    try:
+        import ray
+    except ImportError as e:
+        from traindoc.report.html import MissingExtraError
+
+        raise MissingExtraError("trials on Ray need ray, which is not installed: pip install 'traindoc[ray]'") from e
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=False, include_dashboard=False)
+    task = ray.remote(lambda p, *item: fn(p, *item))
+    shared = ray.put(plan)
+    refs = [task.remote(shared, *(item if isinstance(item, tuple) else (item,))) for item in items]
+    results: list[Any] = []
+    for i, ref in enumerate(refs):
+        results.append(ray.get(ref))
+        if progress is not None:
+            progress(i + 1, len(refs))
+    return results
+
+
+def run_trials(plan: Any, settings: Sequence[Setting], *, jobs: int = 1, progress: Any = None,
+               backend: str = "pool") -> list[Curve]:
     """Each setting's curve, in order. ``progress(done, total)`` is called after each trial. A plan that
     runs its trials as processes of their own (`traindoc.experiments.script_plan.ScriptPlan`) runs them
-    in a pool of ``jobs``."""
+    in a pool of ``jobs``; ``backend="ray"`` runs every trial as a Ray task (`ray_map`)."""
     global _PLAN
     run_many = getattr(plan, "run_many", None)
     if run_many is not None:
-        return run_many(settings, jobs=jobs, progress=progress)
+        return run_many(settings, jobs=jobs, backend=backend, progress=progress)
+    if backend == "ray":
+        return ray_map(lambda p, s: p.run(s), plan, list(settings), progress=progress)
     total = len(settings)
     fork = "fork" in multiprocessing.get_all_start_methods() and sys.platform.startswith("linux")
     if jobs <= 1 or total <= 1 or not fork:

@@ -70,7 +70,8 @@ def _unstable(curve: Curve) -> bool:
 def tune_lr(model: nn.Module, batches: Any, *, optimizer: Any = None,
             make_optimizer: Callable[[nn.Module], Any] | None = None, forward: Any = None, loss_fn: Any = None,
             max_steps: int = 100, trials: int = 7, seeds: int = 2, planned_steps: int | None = None,
-            jobs: int = 1, progress: Callable[[int, int], None] | None = None) -> ExperimentResult:
+            jobs: int = 1, backend: str = "pool", progress: Callable[[int, int], None] | None = None,
+            ) -> ExperimentResult:
     """Find a learning rate by short real runs (see the module docstring); the user's model and optimizer
     are not touched (trials train copies).
 
@@ -90,11 +91,12 @@ def tune_lr(model: nn.Module, batches: Any, *, optimizer: Any = None,
     plan = Plan(model, batches, optimizer=optimizer, make_optimizer=make_optimizer, forward=forward,
                 loss_fn=loss_fn, steps=max_steps)
     return lr_experiment(plan, max_steps=max_steps, trials=trials, seeds=seeds, planned_steps=planned_steps,
-                         jobs=jobs, progress=progress)
+                         jobs=jobs, backend=backend, progress=progress)
 
 
 def lr_experiment(plan: Any, *, max_steps: int, trials: int = 7, seeds: int = 2, planned_steps: int | None = None,
-                  jobs: int = 1, progress: Callable[[int, int], None] | None = None) -> ExperimentResult:
+                  jobs: int = 1, backend: str = "pool", progress: Callable[[int, int], None] | None = None,
+                  ) -> ExperimentResult:
     """`tune_lr` on a plan: copies of a model (`traindoc.experiments.trial.Plan`) or trial runs of a
     script (`traindoc.experiments.script_plan.ScriptPlan`)."""
     total = 1 + (trials + 2) * seeds
@@ -125,7 +127,7 @@ def lr_experiment(plan: Any, *, max_steps: int, trials: int = 7, seeds: int = 2,
 
     def measure(lrs: list[float]) -> None:
         settings = [Setting(steps=max_steps, lr=lr, seed=s) for lr in lrs for s in range(seeds)]
-        curves = run_trials(plan, settings, jobs=jobs, progress=tick)
+        curves = run_trials(plan, settings, jobs=jobs, backend=backend, progress=tick)
         for k, lr in enumerate(lrs):
             runs[lr] = curves[k * seeds:(k + 1) * seeds]
 

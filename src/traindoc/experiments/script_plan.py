@@ -7,7 +7,7 @@ output kept in ``DIR/../output.txt``. What the trial measured comes back from it
 each optimizer step's loss (the script's own, as the monitor logged it), its gradient norm before
 clipping, group 0's LR, and the script's clipping threshold. A fresh process per trial means the
 script's global state (seeds, caches, Accelerate's singletons) starts clean each time, and trials run
-side by side in a pool of ``jobs`` processes (`concurrent.futures`). The first trial's doctor
+side by side in a pool of ``jobs`` processes (`concurrent.futures`), or as tasks on a Ray cluster. The first trial's doctor
 findings (``traindoc run`` runs the one-batch doctor at the first step) explain a loss that does
 not move (`why_still`).
 """
@@ -40,6 +40,7 @@ class ScriptPlan:
         self.workdir = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="traindoc-trials-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.threads = threads
+        self.cwd = os.getcwd()
         self._count = 0
         self._base_lr: float | None = None
         self.findings: list[dict[str, Any]] = []
@@ -51,7 +52,12 @@ class ScriptPlan:
     def run(self, setting: Setting, *, bounded: bool = True) -> Curve:
         """One trial; ``bounded=False`` lets the script run to its own end (its planned length)."""
         self._count += 1
-        here = self.workdir / f"trial-{self._count:03d}"
+        return self._record(setting, *self.execute(self._count, setting, bounded=bounded))
+
+    def execute(self, index: int, setting: Setting, *, bounded: bool = True) -> tuple[Curve, dict[str, Any]]:
+        """Trial number ``index`` in a process of its own: its curve and its ``traindoc run`` JSON. Touches
+        nothing of the plan (it may run in a pool or on a Ray worker)."""
+        here = self.workdir / f"trial-{index:03d}"
         here.mkdir(parents=True, exist_ok=True)
         out = here / "findings.json"
         command = [sys.executable, "-m", "traindoc", "run", self.script, "--run-dir", str(here / "run"),
@@ -62,16 +68,13 @@ class ScriptPlan:
         if self.threads is not None:
             env["OMP_NUM_THREADS"] = str(self.threads)
         with open(here / "output.txt", "wb") as log:
-            code = subprocess.call([*command, "--", *self.args], stdout=log, stderr=subprocess.STDOUT, env=env)
+            code = subprocess.call([*command, "--", *self.args], stdout=log, stderr=subprocess.STDOUT, env=env,
+                                   cwd=self.cwd)
         if not out.is_file():
             raise TraindocInputError("SCRIPT", f"a trial of {self.script} did not run (exit status {code}); its "
                                                f"output is in {here / 'output.txt'}")
         data = json.loads(out.read_text())
         info = data.get("info", {})
-        if not self.findings:
-            self.findings = [f for f in data.get("findings", []) if f["id"] != "probe-failed"]
-        if self._base_lr is None and isinstance(info.get("lr"), (int, float)):
-            self._base_lr = float(info["lr"])
         if setting.one_batch and not (info.get("trial") or {}).get("one_batch_applied"):
             raise TraindocInputError("SCRIPT", f"{self.script} reads no data through a torch DataLoader, so a trial "
                                                "cannot hold it to one batch: use traindoc.experiments.overfit_batch "
@@ -79,7 +82,16 @@ class ScriptPlan:
         if not info.get("optimizer_steps"):
             raise TraindocInputError("SCRIPT", f"a trial of {self.script} made no optimizer step; its output is in "
                                                f"{here / 'output.txt'}")
-        return self._curve(here / "run")
+        return self._curve(here / "run"), data
+
+    def _record(self, setting: Setting, curve: Curve, data: dict[str, Any]) -> Curve:
+        """Keep what the first trials tell about the script: the doctor's findings, the base LR."""
+        info = data.get("info", {})
+        if not self.findings:
+            self.findings = [f for f in data.get("findings", []) if f["id"] != "probe-failed"]
+        if self._base_lr is None and isinstance(info.get("lr"), (int, float)):
+            self._base_lr = float(info["lr"])
+        return curve
 
     @staticmethod
     def _curve(run_dir: Path) -> Curve:
@@ -96,21 +108,30 @@ class ScriptPlan:
                      lrs=[number((r.get("lr") or [nan])[0]) for r in rows],
                      clip=next((r["clip_threshold"] for r in rows if r.get("clip_threshold") is not None), None))
 
-    def run_many(self, settings: Sequence[Setting], *, jobs: int = 1,
+    def run_many(self, settings: Sequence[Setting], *, jobs: int = 1, backend: str = "pool",
                  progress: Callable[[int, int], None] | None = None) -> list[Curve]:
-        total, done = len(settings), [0]
+        """The settings' trials, numbered in order, ``jobs`` at a time (each a process of its own), or as
+        Ray tasks (``backend="ray"``)."""
+        indices = list(range(self._count + 1, self._count + 1 + len(settings)))
+        self._count += len(settings)
+        if backend == "ray":
+            from traindoc.experiments.jobs import ray_map
 
-        def one(s: Setting) -> Curve:
-            curve = self.run(s)
-            done[0] += 1
-            if progress is not None:
-                progress(done[0], total)
-            return curve
+            results = ray_map(lambda plan, i, s: plan.execute(i, s), self, list(zip(indices, settings, strict=True)),
+                              progress=progress)
+        else:
+            total, done = len(settings), [0]
 
-        if jobs <= 1:
-            return [one(s) for s in settings]
-        with ThreadPoolExecutor(max_workers=jobs) as pool:  # each trial is a process of its own
-            return list(pool.map(one, settings))
+            def one(item: tuple[int, Setting]) -> tuple[Curve, dict[str, Any]]:
+                result = self.execute(*item)
+                done[0] += 1
+                if progress is not None:
+                    progress(done[0], total)
+                return result
+
+            with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+                results = list(pool.map(one, zip(indices, settings, strict=True)))
+        return [self._record(s, *r) for s, r in zip(settings, results, strict=True)]
 
     # ------------------------------------------------------------------ what the experiments ask
     @property
@@ -136,7 +157,7 @@ class ScriptPlan:
         return None
 
 
-EXPERIMENTS = ("lr", "warmup", "clip", "instability", "overfit")
+EXPERIMENTS = ("lr", "warmup", "clip", "instability", "overfit", "fix")
 
 _LINE_OF = {"lr-too-high": "optimizer", "lr-too-low": "optimizer", "divergence": "optimizer",
             "aggressive-clipping": "step", "cannot-overfit-batch": "optimizer"}
@@ -145,6 +166,7 @@ _LINE_OF = {"lr-too-high": "optimizer", "lr-too-low": "optimizer", "divergence":
 def script_experiment(kind: str, script: str | os.PathLike[str], args: Sequence[str] = (), *,
                       max_steps: int | None = None, trials: int = 7, seeds: int = 2, planned_steps: int | None = None,
                       lr: float | None = None, jobs: int = 1, workdir: str | os.PathLike[str] | None = None,
+                      change: dict[str, Any] | None = None, backend: str = "pool",
                       progress: Callable[[int, int], None] | None = None) -> Any:
     """Run experiment ``kind`` (`EXPERIMENTS`) on an unmodified script; each trial at most ``max_steps``
     optimizer steps. Returns the `traindoc.experiments.result.ExperimentResult`, its findings placed on
@@ -153,6 +175,7 @@ def script_experiment(kind: str, script: str | os.PathLike[str], args: Sequence[
     from traindoc.experiments.learning_rate import lr_experiment
     from traindoc.experiments.overfit import overfit_experiment
     from traindoc.experiments.stability import instability_experiment, warmup_experiment
+    from traindoc.experiments.verify import fix_experiment
 
     if kind not in EXPERIMENTS:
         raise TraindocInputError("experiment", f"must be one of {', '.join(EXPERIMENTS)}, got {kind!r}")
@@ -165,11 +188,16 @@ def script_experiment(kind: str, script: str | os.PathLike[str], args: Sequence[
         steps = max_steps or 100
         planned = planned_steps or plan.planned_steps()
         result = lr_experiment(plan, max_steps=steps, trials=trials, seeds=seeds, planned_steps=planned, jobs=jobs,
-                               progress=progress)
+                               backend=backend, progress=progress)
     elif kind == "warmup":
         planned = planned_steps or plan.planned_steps()
         result = warmup_experiment(plan, planned_steps=planned, lr=lr, max_steps=max_steps, jobs=jobs,
-                                   progress=progress)
+                                   backend=backend, progress=progress)
+    elif kind == "fix":
+        if change and change.get("zero_grad") is False:
+            raise TraindocInputError("--zero-grad", "a trial can add zero_grad to a script, not take it away")
+        result = fix_experiment(plan, change=change or {}, steps=max_steps or 100, seeds=seeds, jobs=jobs,
+                                backend=backend)
     elif kind == "clip":
         result = clip_experiment(plan, steps=max_steps or 100)
     elif kind == "instability":

@@ -88,13 +88,13 @@ def warmup_candidates(planned_steps: int) -> list[int]:
 def tune_warmup(model: nn.Module, batches: Any, *, planned_steps: int, optimizer: Any = None,
                 make_optimizer: Callable[[nn.Module], Any] | None = None, forward: Any = None, loss_fn: Any = None,
                 lr: float | None = None, max_steps: int | None = None, seed: int = 0, jobs: int = 1,
-                progress: Callable[[int, int], None] | None = None) -> ExperimentResult:
+                backend: str = "pool", progress: Callable[[int, int], None] | None = None) -> ExperimentResult:
     """The shortest warmup that makes ``lr`` (default: the optimizer's) stable (see the module docstring)."""
     lengths = warmup_lengths(int(planned_steps), max_steps)
     plan = Plan(model, batches, optimizer=optimizer, make_optimizer=make_optimizer, forward=forward,
                 loss_fn=loss_fn, steps=max(lengths.values()))
     return warmup_experiment(plan, planned_steps=planned_steps, lr=lr, max_steps=max_steps, seed=seed, jobs=jobs,
-                             progress=progress)
+                             backend=backend, progress=progress)
 
 
 def warmup_lengths(planned_steps: int, max_steps: int | None) -> dict[int, int]:
@@ -108,14 +108,14 @@ def warmup_lengths(planned_steps: int, max_steps: int | None) -> dict[int, int]:
 
 
 def warmup_experiment(plan: Any, *, planned_steps: int, lr: float | None = None, max_steps: int | None = None,
-                      seed: int = 0, jobs: int = 1, progress: Callable[[int, int], None] | None = None,
-                      ) -> ExperimentResult:
+                      seed: int = 0, jobs: int = 1, backend: str = "pool",
+                      progress: Callable[[int, int], None] | None = None) -> ExperimentResult:
     """`tune_warmup` on a plan (copies of a model, or trial runs of a script)."""
     lengths = warmup_lengths(int(planned_steps), max_steps)
     candidates = sorted(lengths)
     lr = float(lr) if lr is not None else plan.base_lr
     settings = [Setting(steps=lengths[w], lr=lr, warmup=w, seed=seed) for w in candidates]
-    curves = run_trials(plan, settings, jobs=jobs, progress=progress)
+    curves = run_trials(plan, settings, jobs=jobs, backend=backend, progress=progress)
     stable = {w: _stable(c) for w, c in zip(candidates, curves, strict=True)}
     warmup_steps = next((w for w in candidates if stable[w]), None)
     result = {"warmup_steps": warmup_steps, "lr": lr, "planned_steps": int(planned_steps), "tried": candidates,

@@ -60,7 +60,9 @@ class Setting:
     lr_end: float | None = None
     warmup: int = 0
     clip: float | None = None
-    zero_grad: bool = True
+    zero_grad: bool | None = None
+    """None: as the loop does (a trial of a copy zeroes every step); False: never (a copy's trial
+    reproduces a loop without ``zero_grad``); True: zeroed after every step (added to a script)."""
     one_batch: bool = False
     seed: int = 0
     stop_on_divergence: bool = False
@@ -128,6 +130,12 @@ class Plan:
         self.setup = Setup.build(model, first, forward=forward, loss_fn=loss_fn, optimizer=self.optimizer)
         self.forward = self.setup.forward
         self.loss_fn = loss_fn
+
+    def __getstate__(self) -> dict[str, Any]:
+        """For a Ray worker: the batches taken so far travel, the user's iterator does not."""
+        state = dict(self.__dict__)
+        state["_source"] = None
+        return state
 
     # ------------------------------------------------------------------ data
     def batch(self, i: int) -> Any:
@@ -216,7 +224,7 @@ class Plan:
                 g["lr"] = lr * r
             curve.lrs.append(lr)
             batch = one if one is not None else self.batch(order(t))
-            if setting.zero_grad:
+            if setting.zero_grad is not False:
                 opt.zero_grad(set_to_none=True)
             loss = self.loss(model, batch)
             loss.backward()

@@ -31,7 +31,8 @@ CHANGES = ("lr", "warmup", "clip", "zero_grad")
 
 def verify_fix(model: nn.Module, batches: Any, *, change: dict[str, Any], baseline: dict[str, Any] | None = None,
                optimizer: Any = None, make_optimizer: Callable[[nn.Module], Any] | None = None, forward: Any = None,
-               loss_fn: Any = None, steps: int = 100, seeds: int = 2, jobs: int = 1) -> ExperimentResult:
+               loss_fn: Any = None, steps: int = 100, seeds: int = 2, jobs: int = 1,
+               backend: str = "pool") -> ExperimentResult:
     """Train before and after ``change`` and compare (see the module docstring).
 
     >>> import torch
@@ -45,17 +46,25 @@ def verify_fix(model: nn.Module, batches: Any, *, change: dict[str, Any], baseli
     >>> r["helped"]
     True
     """
+    plan = Plan(model, batches, optimizer=optimizer, make_optimizer=make_optimizer, forward=forward,
+                loss_fn=loss_fn, steps=steps)
+    return fix_experiment(plan, change=change, baseline=baseline, steps=steps, seeds=seeds, jobs=jobs,
+                          backend=backend)
+
+
+def fix_experiment(plan: Any, *, change: dict[str, Any], baseline: dict[str, Any] | None = None, steps: int = 100,
+                   seeds: int = 2, jobs: int = 1, backend: str = "pool") -> ExperimentResult:
+    """`verify_fix` on a plan: copies of a model, or trial runs of a script (whose before arm is the script
+    as it is: a missing ``zero_grad`` is the script's own, and the after arm adds one)."""
     unknown = sorted((set(change) | set(baseline or {})) - set(CHANGES))
     if unknown or not change:
         raise TraindocInputError("change", f"must set some of {', '.join(CHANGES)}; got {sorted(change) or 'nothing'}")
     before_kw = dict(baseline or {})
-    if change.get("zero_grad") is True:
-        before_kw.setdefault("zero_grad", False)
+    if change.get("zero_grad") is True and isinstance(plan, Plan):
+        before_kw.setdefault("zero_grad", False)  # a copy reproduces the loop without it
     after_kw = {**before_kw, **change}
-    plan = Plan(model, batches, optimizer=optimizer, make_optimizer=make_optimizer, forward=forward,
-                loss_fn=loss_fn, steps=steps)
     settings = [Setting(steps=steps, seed=s, **kw) for kw in (before_kw, after_kw) for s in range(seeds)]
-    curves = run_trials(plan, settings, jobs=jobs)
+    curves = run_trials(plan, settings, jobs=jobs, backend=backend)
     before, after = curves[:seeds], curves[seeds:]
 
     def arm(cs: list[Any]) -> tuple[float, float]:

@@ -11,6 +11,8 @@ setting names, and nothing in the script's source:
   exponentially. The post-hook puts the script's values back, so its scheduler never sees ours.
 * **clipping**: in the pre-hook, after the script's own clipping, the gradients of the optimizer's
   parameters are clipped to ``setting.clip``.
+* **zero_grad** (``True``): the gradients are zeroed after every step of the optimizer, as the
+  missing ``optimizer.zero_grad()`` would; a script's own ``zero_grad`` cannot be taken away.
 * **one batch**: the first DataLoader the script iterates yields its first batch forever (every
   epoch), so the script trains on one batch; scripts that read data without a DataLoader cannot be
   run this way, and the trial says so.
@@ -109,9 +111,12 @@ class TrialRun:
                 torch.nn.utils.clip_grad_norm_(params, s.clip)
 
     def after_step(self, optimizer: torch.optim.Optimizer, step: int) -> bool:
-        """Put the script's LRs back; True when the trial should stop here (a diverged ramp)."""
+        """Put the script's LRs back (and zero the gradients when the setting adds ``zero_grad``); True
+        when the trial should stop here (a diverged ramp)."""
         for g, lr in zip(optimizer.param_groups, self._saved, strict=False):
             g["lr"] = lr
+        if self.setting.zero_grad is True:
+            optimizer.zero_grad(set_to_none=True)
         if self._last_loss is not None:
             self._losses.append(self._last_loss)
             self._last_loss = None
