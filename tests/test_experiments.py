@@ -107,8 +107,8 @@ class Detached(nn.Module):
 
 
 @pytest.mark.parametrize("broken, diagnosis, severity, cause", [
-    ("detached", "broken-setup", "error", "get no gradient"),
-    ("optimizer-of-an-earlier-model", "broken-setup", "error", "not in the optimizer"),
+    ("detached", "broken-setup", "error", "no-grad-params"),
+    ("optimizer-of-an-earlier-model", "broken-setup", "error", "params-not-in-optimizer"),
     ("lr-zero", "broken-setup", "error", "the LR is 0"),
     ("lr-huge", None, None, None),
     ("lr-low", "stops-high", "warning", None),

@@ -46,7 +46,7 @@ def test_overfit_a_healthy_script_and_its_broken_twin(tmp_path):
                               "--", "detach")
     (f,) = broken["findings"]
     assert (f["id"], f["severity"], f["evidence"]["diagnosis"]) == ("cannot-overfit-batch", "error", "broken-setup")
-    assert "no gradient" in f["evidence"]["cause"]
+    assert f["evidence"]["proved"] == ["no-grad-params"] and "no gradient" in f["evidence"]["cause"]
     assert f["location"]["line"] == line_of("overfit_loop.py", "        loss = F.cross_entropy(model(xb), yb)")  # the doctor's line
 
 

@@ -7,9 +7,10 @@ squared errors go to 0 on a memorised batch). Reached: the number of steps it to
 the curve says why (`traindoc.experiments.measures`):
 
 * a non-finite loss at step t: "turns NaN" (error);
-* the setup is broken, read from a copy after one backward (or, for a script, from the doctor's
-  findings at its first step): trainable parameters get no gradient, parameters that get one are
-  outside the optimizer, or the LR is ~0 (below `ZERO_LR`): "broken-setup" (error), with the cause;
+* the one-batch doctor proves an error on the setup (`doctor_errors`: `traindoc.check` on a copy with
+  the batch, or for a script the doctor's findings at its first step: parameters without a gradient
+  or outside the optimizer, samples mixing in attention, labels out of range...), or the LR is ~0
+  (below `ZERO_LR`): "broken-setup" (error), with the doctor's ids and its first error as the cause;
 * the loss moved less than `STILL` of its first value: "does not move" (warning: the updates are too
   small to show at this LR);
 * `oscillating`: "oscillates" (warning: the LR is too high for this batch);
@@ -30,7 +31,7 @@ from torch import nn
 from traindoc.experiments.measures import oscillating
 from traindoc.experiments.result import ExperimentResult
 from traindoc.experiments.trial import Plan, Setting
-from traindoc.findings import Finding, listed
+from traindoc.findings import Finding
 
 FLOOR = 0.02
 STILL = 0.01
@@ -87,11 +88,18 @@ def _diagnose(plan: Plan, losses: list[float], lr: float, result: dict[str, Any]
                        evidence, "Lower the LR, clip gradients, and look at the module nan-forward names." + fix_common)
     moved = (first - result["min_loss"]) / abs(first) if first else 0.0
     evidence["moved"] = moved
-    broken = _broken(plan, lr) if isinstance(plan, Plan) else plan.why_still(lr)
-    if broken is not None:
-        why, fix = broken
+    proved = doctor_errors(plan)
+    if proved or lr < ZERO_LR:
+        first_error = proved[0] if proved else None
+        why = (f"the one-batch doctor proves {', '.join(dict.fromkeys(f['id'] for f in proved))} on this setup "
+               f"({first_error['message']})" if first_error else f"the LR is {lr:.3g}")
         evidence["diagnosis"] = "broken-setup"
         evidence["cause"] = why
+        evidence["proved"] = list(dict.fromkeys(f["id"] for f in proved))
+        if first_error is not None and first_error.get("location"):
+            evidence["location"] = first_error["location"]
+        fix = (first_error["fix"] + " Then run the experiment again." if first_error else
+               "Set a learning rate above 0 (and check the scheduler does not keep it at 0).")
         return Finding("cannot-overfit-batch", "error",
                        f"Training on one batch for {steps} steps, the loss only goes from {first:.4g} to "
                        f"{result['min_loss']:.4g}: {why}", evidence, fix)
@@ -117,25 +125,17 @@ def _diagnose(plan: Plan, losses: list[float], lr: float, result: dict[str, Any]
                    "output size)." + fix_common)
 
 
-def _broken(plan: Plan, lr: float) -> tuple[str, str] | None:
-    """What in the setup keeps the model from learning, read from a copy after one backward: trainable
-    parameters without a gradient, parameters with one outside the optimizer, an LR of ~0; None when
-    nothing is."""
+def doctor_errors(plan: Any) -> list[dict[str, Any]]:
+    """The errors the one-batch doctor proves on the plan's setup, as ``{"id", "message", "fix",
+    "location"}``: `traindoc.check` on a copy of the model with the batch (for a script: the doctor's
+    findings at its first optimizer step, which the trial ran)."""
+    if not isinstance(plan, Plan):
+        return [f for f in plan.findings if f["severity"] == "error"]
+    from traindoc.api import check
+
     model, opt = plan.copies()
     model.train()
-    plan.loss(model, plan.richest_batch()).backward()
-    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    held = {id(p) for g in opt.param_groups for p in g["params"]}
-    without = [n for n, p in trainable if p.grad is None or not bool(p.grad.any())]
-    outside = [n for n, p in trainable if id(p) not in held and n not in without]
-    if trainable and without:
-        return (f"{len(without)} of {len(trainable)} trainable parameters get no gradient from the loss "
-                f"({', '.join(listed(without))})",
-                "Make the loss depend on those modules' output (no `.detach()`, `torch.no_grad()` or `.item()` on "
-                "the way), or freeze them explicitly with `requires_grad_(False)`.")
-    if outside:
-        return (f"parameters that get gradients are not in the optimizer ({', '.join(listed(outside))})",
-                "Create the optimizer after the model is complete: `torch.optim.AdamW(model.parameters(), ...)`.")
-    if lr < ZERO_LR:
-        return f"the LR is {lr:.3g}", "Set a learning rate above 0 (and check the scheduler does not keep it at 0)."
-    return None
+    forward = plan.forward if plan.setup.user_forward else None
+    report = check(model, plan.richest_batch(), forward=forward, loss_fn=plan.loss_fn, optimizer=opt)
+    return [{"id": f.id, "message": f.title, "fix": f.fix, "location": None}
+            for f in report.findings if f.severity == "error"]

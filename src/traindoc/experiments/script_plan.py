@@ -9,7 +9,7 @@ clipping, group 0's LR, and the script's clipping threshold. A fresh process per
 script's global state (seeds, caches, Accelerate's singletons) starts clean each time, and trials run
 side by side in a pool of ``jobs`` processes (`concurrent.futures`), or as tasks on a Ray cluster. The first trial's doctor
 findings (``traindoc run`` runs the one-batch doctor at the first step) explain a loss that does
-not move (`why_still`).
+not learn one batch (`traindoc.experiments.overfit.doctor_errors`).
 """
 
 from __future__ import annotations
@@ -45,8 +45,6 @@ class ScriptPlan:
         self._base_lr: float | None = None
         self.findings: list[dict[str, Any]] = []
         """The doctor's findings on the script (from the first trial that ran it), with their lines."""
-        self.cause_location: dict[str, Any] | None = None
-        """The line of the doctor's finding that `why_still` gave as the cause."""
 
     # ------------------------------------------------------------------ one trial
     def run(self, setting: Setting, *, bounded: bool = True) -> Curve:
@@ -145,18 +143,6 @@ class ScriptPlan:
         """How many optimizer steps the script makes when it runs to its end (one unbounded trial)."""
         return len(self.run(Setting(steps=1), bounded=False).losses)
 
-    def why_still(self, lr: float) -> tuple[str, str] | None:
-        """What in the script keeps the model from learning, from the doctor's findings at its first step:
-        parameters without a gradient or outside the optimizer, an LR of ~0; None when nothing is."""
-        for f in self.findings:
-            if f["id"] in ("no-grad-params", "params-not-in-optimizer") and f["severity"] == "error":
-                self.cause_location = f.get("location")
-                return f"{f['message']} (the doctor's {f['id']})", f["fix"]
-        if lr < 1e-8:
-            return f"the LR is {lr:.3g}", "Set a learning rate above 0 (and check the scheduler)."
-        return None
-
-
 EXPERIMENTS = ("lr", "warmup", "clip", "instability", "overfit", "fix")
 
 _LINE_OF = {"lr-too-high": "optimizer", "lr-too-low": "optimizer", "divergence": "optimizer",
@@ -205,8 +191,7 @@ def script_experiment(kind: str, script: str | os.PathLike[str], args: Sequence[
     else:
         result = overfit_experiment(plan, steps=max_steps or 200, lr=lr)
     result.info.update({"script": str(script), "trial_runs": plan._count, "trials_directory": str(plan.workdir)})
-    result.locations = [(plan.cause_location if f.evidence.get("diagnosis") == "broken-setup" and plan.cause_location
-                         else _location(plan, f.id)) for f in result.findings]
+    result.locations = [f.evidence.pop("location", None) or _location(plan, f.id) for f in result.findings]
     if kind == "overfit":
         result.info["doctor"] = [{"id": f["id"], "severity": f["severity"], "message": f["message"]}
                                  for f in plan.findings]

@@ -29,6 +29,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from traindoc.api import check, watch
+from traindoc.errors import TraindocInputError
 from traindoc.findings import Finding, Report, internal_failure, listed
 from traindoc.script.capture import Capture, LossCall, ModelCall, Seen
 from traindoc.script.distributed import (
@@ -396,7 +397,16 @@ class Session:
         loss_fn = None if call.returns_loss or not seen.loss_is_last_call else loss_fn_of(seen.loss_call)
         with self.capture.paused():
             try:
-                self.check_report = check(model, batch, forward=forward, loss_fn=loss_fn, optimizer=optimizer)
+                try:
+                    self.check_report = check(model, batch, forward=forward, loss_fn=loss_fn, optimizer=optimizer)
+                except TraindocInputError as e:
+                    if loss_fn is None or not str(e).startswith("loss_fn"):
+                        raise
+                    # the script's loss takes a selection of the output (`logits[mask]`), which cannot be
+                    # replayed from the output alone: the probes that need no loss still run
+                    self.check_report = check(model, batch, forward=forward, optimizer=optimizer)
+                    self.notes.append("the script's loss could not be replayed on the model's output (its input is "
+                                      "not the output reshaped): the doctor's loss probes were skipped")
             except Exception as e:  # an input the doctor cannot take: say so, go on with the watch
                 self.notes.append(f"the one-batch doctor could not run: {type(e).__name__}: {e}")
         self.watch = watch(model, optimizer, run_dir=self.run_dir, quiet=self.quiet)
