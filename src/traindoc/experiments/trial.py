@@ -6,8 +6,9 @@ and reused, so that every trial sees the same data), and how the loop computes t
 rules as `traindoc.check`: ``model(**batch)`` / ``model(*batch)`` / ``forward``, the model's own
 ``output.loss`` or ``loss_fn``). `Plan.run` trains the copy:
 
-* the learning rate of the setting replaces group 0's peak LR (``initial_lr`` when a scheduler set
-  one, else ``lr``) and the other groups keep their ratio to it (a head at 10x stays at 10x); a warmup
+* the learning rate of the setting replaces group 0's peak LR (`traindoc.probes.optimizer.group_lr`:
+  the largest of ``lr``, a scheduler's ``initial_lr`` and ``max_lr``) and the other groups keep their
+  ratio to it (a head at 10x stays at 10x); a warmup
   multiplies it by ``(t + 1) / warmup`` over the first steps; a ramp goes exponentially from ``lr`` to
   ``lr_end`` over the trial (the LR range test);
 * each step: ``zero_grad`` (unless the setting reproduces a loop without it), forward, loss,
@@ -34,6 +35,7 @@ from torch import nn
 
 from traindoc.errors import TraindocInputError
 from traindoc.experiments.measures import unstable_at
+from traindoc.probes.optimizer import group_lr
 from traindoc.setup import ForwardFn, LossFn, Setup, named_tensors, output_loss, unwrap_optimizer
 
 CHECK_EVERY = 10
@@ -161,7 +163,7 @@ class Plan:
     def base_lr(self) -> float:
         """Group 0's peak LR in the user's optimizer (what a setting's LR replaces)."""
         opt = self.optimizer if self.optimizer is not None else self._fresh_optimizer(self.model)
-        return _peak(opt.param_groups[0])
+        return group_lr(opt.param_groups[0])
 
     def _fresh_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         assert self.make_optimizer is not None
@@ -212,8 +214,8 @@ class Plan:
         model, opt = self.copies()
         model.train()
         params = [p for g in opt.param_groups for p in g["params"]]
-        peak = _peak(opt.param_groups[0])
-        ratios = [(_peak(g) / peak if peak > 0 else 1.0) for g in opt.param_groups]
+        peak = group_lr(opt.param_groups[0])
+        ratios = [(group_lr(g) / peak if peak > 0 else 1.0) for g in opt.param_groups]
         order = _order(len(self.batches) or 1, setting.seed)
         curve = Curve(clip=setting.clip)
         losses: list[torch.Tensor] = []
@@ -265,16 +267,6 @@ def _read(curve: Curve, losses: list[torch.Tensor], norms: list[torch.Tensor]) -
     curve.grad_norms += torch.stack(norms).tolist()
     losses.clear()
     norms.clear()
-
-
-def _peak(group: dict[str, Any]) -> float:
-    for key in ("initial_lr", "lr"):
-        v = group.get(key)
-        if isinstance(v, torch.Tensor):
-            v = float(v)
-        if isinstance(v, (int, float)) and not isinstance(v, bool):
-            return float(v)
-    return 0.0
 
 
 def _order(n: int, seed: int) -> Callable[[int], int]:

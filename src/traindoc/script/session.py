@@ -31,6 +31,7 @@ from torch.overrides import TorchFunctionMode
 from traindoc.api import check, watch
 from traindoc.errors import TraindocInputError
 from traindoc.findings import Finding, Report, internal_failure, listed
+from traindoc.probes.optimizer import group_lr
 from traindoc.script.capture import Capture, LossCall, ModelCall, Seen
 from traindoc.script.distributed import (
     RankMeasures,
@@ -323,8 +324,7 @@ class Session:
     def _on_step(self, optimizer: torch.optim.Optimizer) -> None:
         if self.optimizer is None:
             self.optimizer = optimizer
-            g0 = optimizer.param_groups[0]
-            self.base_lr = float(g0.get("initial_lr", g0["lr"]))
+            self.base_lr = group_lr(optimizer.param_groups[0])
             self._start(optimizer, after_step=False)
         elif optimizer is not self.optimizer and id(optimizer) not in self._others:
             self._others.add(id(optimizer))

@@ -6,7 +6,7 @@ setting names, and nothing in the script's source:
 
 * **LR**: at each optimizer step's pre-hook every param group's LR is multiplied by
   ``setting.lr_at(t, peak) / peak``, where ``peak`` is group 0's peak LR at the first step
-  (``initial_lr`` when a scheduler set one): the script's own schedule keeps its shape (warmup,
+  (`traindoc.probes.optimizer.group_lr`): the script's own schedule keeps its shape (warmup,
   decay) around the trial's peak, a warmup multiplies it by ``(t + 1) / warmup``, a ramp rises
   exponentially. The post-hook puts the script's values back, so its scheduler never sees ours.
 * **clipping**: in the pre-hook, after the script's own clipping, the gradients of the optimizer's
@@ -35,6 +35,7 @@ from torch.utils.data import DataLoader
 
 from traindoc.experiments.measures import unstable_at
 from traindoc.experiments.trial import CHECK_EVERY, DIVERGE, Setting
+from traindoc.probes.optimizer import group_lr
 
 SEED_STRIDE = 1_000_003
 
@@ -98,8 +99,7 @@ class TrialRun:
         s = self.setting
         groups = optimizer.param_groups
         if self.peak is None:
-            g0 = groups[0]
-            self.peak = float(g0.get("initial_lr", g0["lr"]))
+            self.peak = group_lr(groups[0])
         self._saved = [g["lr"] for g in groups]
         if self.peak > 0 and (s.lr is not None or s.warmup or s.lr_end is not None):
             k = s.lr_at(step, self.peak) / self.peak
