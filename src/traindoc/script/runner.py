@@ -12,7 +12,8 @@ The JSON written with ``--json`` is a contract (``version`` 1)::
      "findings": [{"id", "severity", "message", "evidence", "fix", "location"}], "info": {...}}
 
 ``ok`` is true when no finding is an error; ``location`` is ``{"file", "line", "function", "code"}``
-(the user's line to change) or null; each finding also carries ``title`` (the same text as
+(the user's line to change) or null; under torchrun, ``info`` also holds ``rank``, ``world_size`` and
+``ranks_gathered``, and a finding only another rank proved carries ``evidence["rank"]``; each finding also carries ``title`` (the same text as
 ``message``), so that the dict is a `traindoc.findings.Report` too (the run directory's report.json).
 """
 
