@@ -276,10 +276,10 @@ def _progress() -> Any:
 
 def _print_experiment(result: Any, out: TextIO) -> None:
     r = result.result
-    head = {"lr": lambda: f"suggested lr {r['suggested_lr']:.3g} (range {r['lr_range'][0]:.3g}..{r['lr_range'][1]:.3g}"
-                          f" for {r['planned_steps']} steps; short runs of {r['steps_per_trial']} steps: "
-                          f"{r['short_run_lr']:.3g}); unstable from "
-                          + (f"{r['unstable_lr']:.3g}" if r["unstable_lr"] else "no LR tried"),
+    head = {"lr": lambda: f"suggested lr {r['suggested_lr']:.3g} (best range {r['lr_range'][0]:.3g}.."
+                          f"{r['lr_range'][1]:.3g} in runs of {r['steps_per_trial']} steps, {r['seeds']} seeds); "
+                          "unstable from " + (f"{r['unstable_lr']:.3g}" if r["unstable_lr"] else "no LR tried")
+                          + f"\n  horizon: {r['horizon_note']}",
             "warmup": lambda: (f"shortest stable warmup at lr {r['lr']:.3g}: {r['warmup_steps']} steps (tried "
                                f"{r['tried']})" if r["warmup_steps"] is not None else
                                f"no warmup up to {r['tried'][-1]} steps makes lr {r['lr']:.3g} stable"),
