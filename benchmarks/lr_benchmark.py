@@ -18,8 +18,10 @@ planned length of ``S`` optimizer steps (``--steps``, default 300):
   ``save_pretrained`` to a temporary folder and loaded back with
   ``BertForSequenceClassification.from_pretrained(folder, num_labels=2)`` (a new, random head;
   dropout 0.1 as BERT's default). The task: does a chitchat message end with "?" (the "?" removed),
-  balanced 50/50, batch 32. This is the case where plain LR range tests are known to suggest far too
-  high LRs (the reason Hugging Face declined to add one).
+  balanced 50/50, batch 32. Fine-tuning is where plain LR range tests are known to suggest far too
+  high LRs (the reason Hugging Face declined to add one); this tiny checkpoint (300 MLM steps) behaves
+  much like a model trained from scratch (its grid-best LR is ~1.8e-3), so it does not reproduce that
+  failure in full (docs/experiments.md).
 
 Every method starts from the same initial weights (built once per task under a fixed seed) and
 sees the same pool of ``S`` batches (built once, deterministically).
@@ -102,12 +104,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-try:
-    from traindoc.experiments import tune_lr
-    _TRAINDOC_ERROR: str | None = None
-except Exception as e:  # traindoc may be mid-change: report it in the rows, still run the rest
-    tune_lr = None  # type: ignore[assignment]
-    _TRAINDOC_ERROR = f"{type(e).__name__}: {e}"
+from traindoc.experiments import tune_lr
 
 Batch = tuple[Any, torch.Tensor]  # (inputs, targets)
 
@@ -402,8 +399,6 @@ class Search:
 
 
 def search_traindoc(task: Task, steps: int, tune_steps: int, seeds: int) -> Search:
-    if tune_lr is None:
-        return Search(failed=f"traindoc does not import: {_TRAINDOC_ERROR}")
     model = copy.deepcopy(task.model)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     torch.manual_seed(0)
