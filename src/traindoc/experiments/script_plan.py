@@ -145,10 +145,6 @@ class ScriptPlan:
 
 EXPERIMENTS = ("lr", "warmup", "clip", "instability", "overfit", "fix")
 
-_LINE_OF = {"lr-too-high": "optimizer", "lr-too-low": "optimizer", "divergence": "optimizer",
-            "aggressive-clipping": "step", "cannot-overfit-batch": "optimizer"}
-
-
 def script_experiment(kind: str, script: str | os.PathLike[str], args: Sequence[str] = (), *,
                       max_steps: int | None = None, trials: int = 7, seeds: int = 2, planned_steps: int | None = None,
                       lr: float | None = None, jobs: int = 1, workdir: str | os.PathLike[str] | None = None,
@@ -199,16 +195,11 @@ def script_experiment(kind: str, script: str | os.PathLike[str], args: Sequence[
 
 
 def _location(plan: ScriptPlan, finding_id: str) -> dict[str, Any] | None:
-    """The script's line for a finding of an experiment, from what its first trial saw."""
-    import linecache
-
-    kind = _LINE_OF.get(finding_id)
+    """The script's line for a finding of an experiment, as the first trial located it (the line of the
+    setting itself: ``lr=`` in the optimizer's construction, ``learning_rate=`` in a Hugging Face
+    Trainer's arguments)."""
     info_path = plan.workdir / "trial-001" / "findings.json"
-    if kind is None or not info_path.is_file():
+    if not info_path.is_file():
         return None
-    info = json.loads(info_path.read_text()).get("info", {})
-    short = (info.get("created", {}).get(kind) or [None])[0] if kind == "optimizer" else info.get("lines", {}).get(kind)
-    if not short or ":" not in short:
-        return None
-    file, line = short.rsplit(":", 1)
-    return {"file": file, "line": int(line), "function": None, "code": linecache.getline(file, int(line)).strip()}
+    trial = json.loads(info_path.read_text()).get("info", {}).get("trial") or {}
+    return (trial.get("lines") or {}).get(finding_id)

@@ -104,6 +104,7 @@ LINE_OF: dict[str, tuple[str, ...]] = {
     "grad-accum-normalization": ("backward", "loss"),
     "repeated-batch": ("created:dataloader", "model"),
     "loss-collapse": ("created:dataloader", "loss"),
+    "cannot-overfit-batch": ("created:optimizer", "model"),
     "ddp-same-data": ("created:dataloader", "model"),
     "ddp-set-epoch-missing": ("sampler_iter", "created:sampler"),
     "ddp-wrapper-bypassed": ("model",),
@@ -112,12 +113,16 @@ LINE_OF: dict[str, tuple[str, ...]] = {
 }
 
 
+EXPERIMENT_IDS = ("lr-too-high", "lr-too-low", "divergence", "aggressive-clipping", "cannot-overfit-batch")
+"""The ids the experiments report on a script; a trial run names the line each would point at."""
+
 SETTING_OF: dict[str, tuple[str, ...]] = {
     # the keyword arguments that hold the setting a finding's fix changes (`setting_line`)
     "lr-too-high": ("lr", "learning_rate"),
     "lr-too-low": ("lr", "learning_rate"),
     "loss-spike": ("lr", "learning_rate"),
     "divergence": ("lr", "learning_rate"),
+    "cannot-overfit-batch": ("lr", "learning_rate"),
     "exploding-gradients": ("lr", "learning_rate", "max_grad_norm"),
     "aggressive-clipping": ("max_norm", "max_grad_norm"),
     "weight-decay-on-norms": ("weight_decay",),
@@ -476,6 +481,9 @@ class Session:
         info["lines"] = {kind: loc.short() for kind, loc in seen.lines.items()}
         info["created"] = {kind: [loc.short() for _, loc in items if loc is not None][:5]
                            for kind, items in seen.created.items()}
+        if self.trial is not None:  # where an experiment's findings on this script would point
+            info["trial"]["lines"] = {fid: loc.to_dict() for fid in EXPERIMENT_IDS
+                                      if (loc := self.locate(Finding(fid, "hint", "", {}, ""))) is not None}
         report = Report(unique, info)  # sorted by severity: the lines follow its order
         locations = [self.locate(f) for f in report.findings]
         if any(f.id in ("nan-forward", "nan-loss") for f in report.findings):
