@@ -248,3 +248,28 @@ def test_trials_on_a_local_ray_instance_give_the_same_answer():
         ray.shutdown()
     assert remote.result == local.result
     assert fixed["verdict"] in ("made it worse", "did not help")
+
+
+def test_pads_counted_in_the_loss_are_ab_tested_on_the_real_targets():
+    """``change={"ignore_index": PAD}``: the after arm's cross-entropy skips the pads; both arms are
+    scored on the targets that are not pads (recorded beside each step's loss), since their own
+    losses count different targets."""
+    torch.manual_seed(0)
+    emb = nn.Sequential(nn.Embedding(20, 32), nn.Linear(32, 20))
+    g = torch.Generator().manual_seed(3)
+    batches = []
+    for _ in range(8):
+        ids = torch.randint(2, 20, (16, 12), generator=g)
+        ids[:, 6:] = 0  # half of every row is padding, left in the targets
+        batches.append(ids)
+
+    def lm_loss(out, ids):
+        return F.cross_entropy(out[:, :-1].reshape(-1, 20), ids[:, 1:].reshape(-1))
+
+    r = verify_fix(emb, batches, optimizer=torch.optim.Adam(emb.parameters(), lr=1e-2), forward=lambda m, b: m(b),
+                   loss_fn=lm_loss, change={"ignore_index": 0}, steps=30, seeds=1)
+    before, after = r.curves["before"], r.curves["after"]
+    assert after.scores == pytest.approx(after.losses, rel=1e-5)  # the fixed loss is the score itself
+    assert before.scores[-1] > before.losses[-1]  # pads are easy targets once learned: counting them lowers the loss
+    assert math.isfinite(r["loss_before"]) and math.isfinite(r["loss_after"]) and r["verdict"]
+    assert F.cross_entropy is not None and F.cross_entropy.__module__ == "torch.nn.functional"  # restored

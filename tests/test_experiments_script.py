@@ -84,3 +84,14 @@ def test_tune_fix_verifies_a_setting_on_the_script(tmp_path):
 def test_tune_fix_needs_a_change(tmp_path, capsys):
     assert main(["tune", "fix", str(SCRIPTS / "overfit_loop.py")]) == 2
     assert "--lr" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_tune_fix_ignore_index_scores_both_arms_on_the_real_targets(tmp_path):
+    code, data = experiment(tmp_path, "tune", "fix", str(SCRIPTS / "hf_loop.py"), "--ignore-index", "0",
+                            "--max-steps", "12", "--seeds", "1", "--jobs", "2", "--", "pad")
+    assert code == 0 and data["result"]["change"] == {"ignore_index": 0}
+    assert data["result"]["baseline"] == {"score_ignore_index": 0}
+    before, after = data["curves"]["before"], data["curves"]["after"]
+    assert len(before["losses"]) == len(after["losses"]) == 12
+    assert data["result"]["verdict"] in ("helped", "did not help", "made it worse")

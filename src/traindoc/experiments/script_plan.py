@@ -80,7 +80,10 @@ class ScriptPlan:
         if not info.get("optimizer_steps"):
             raise TraindocInputError("SCRIPT", f"a trial of {self.script} made no optimizer step; its output is in "
                                                f"{here / 'output.txt'}")
-        return self._curve(here / "run"), data
+        curve = self._curve(here / "run")
+        curve.scores = [float(v) if isinstance(v, (int, float)) else float("nan")
+                        for v in (info.get("trial") or {}).get("scores") or []]
+        return curve, data
 
     def _record(self, setting: Setting, curve: Curve, data: dict[str, Any]) -> Curve:
         """Keep what the first trials tell about the script: the doctor's findings, the base LR."""

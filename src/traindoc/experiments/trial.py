@@ -68,6 +68,11 @@ class Setting:
     one_batch: bool = False
     seed: int = 0
     stop_on_divergence: bool = False
+    ignore_index: int | None = None
+    """Cross-entropy ignores this target value (the fix for pads counted in the loss)."""
+    score_ignore_index: int | None = None
+    """Also record each step's cross-entropy without this target value (`Curve.scores`), so that two
+    arms that count different targets are compared on the same ones."""
 
     def lr_at(self, step: int, base: float) -> float:
         lr = base if self.lr is None else self.lr
@@ -89,14 +94,25 @@ class Curve:
     stopped_early: bool = False
     clip: float | None = None
     """The clipping threshold the run used (the setting's, or the script's own)."""
+    scores: list[float] = field(default_factory=list)
+    """Each step's cross-entropy over the targets other than ``Setting.score_ignore_index`` (empty when
+    the setting asks for none): what two arms that count different targets are compared on."""
+
+    @property
+    def compared(self) -> list[float]:
+        """The per-step values an experiment scores: `scores` when recorded, else the losses."""
+        return self.scores or self.losses
 
     @property
     def steps(self) -> int:
         return len(self.losses)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"losses": self.losses, "grad_norms": self.grad_norms, "lrs": self.lrs,
-                "stopped_early": self.stopped_early}
+        out = {"losses": self.losses, "grad_norms": self.grad_norms, "lrs": self.lrs,
+               "stopped_early": self.stopped_early}
+        if self.scores:
+            out["scores"] = self.scores
+        return out
 
 
 def _target_variety(batch: Any) -> int:
@@ -206,11 +222,12 @@ class Plan:
         if setting.one_batch and one is None:
             one = self.richest_batch()
         devices = [self.setup.device.index or 0] if self.setup.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
+        with torch.random.fork_rng(devices=devices), TargetsPatch(setting) as targets:
             torch.manual_seed(setting.seed)
-            return self._train(setting, one)
+            curve = self._train(setting, one, targets)
+        return curve
 
-    def _train(self, setting: Setting, one: Any) -> Curve:
+    def _train(self, setting: Setting, one: Any, targets: TargetsPatch) -> Curve:
         model, opt = self.copies()
         model.train()
         params = [p for g in opt.param_groups for p in g["params"]]
@@ -235,6 +252,7 @@ class Plan:
             if setting.clip is not None and grads:
                 torch.nn.utils.clip_grads_with_norm_([p for p in params if p.grad is not None], setting.clip, norm)
             opt.step()
+            targets.end_step()
             losses.append(loss.detach().float().reshape(()))
             norms.append(norm.detach().float().reshape(()))
             if (t + 1) % CHECK_EVERY == 0 or t + 1 == setting.steps:
@@ -243,7 +261,61 @@ class Plan:
                     curve.stopped_early = t + 1 < setting.steps
                     break
         _read(curve, losses, norms)
+        curve.scores = targets.scores()
         return curve
+
+
+class TargetsPatch:
+    """While a trial runs: ``torch.nn.functional.cross_entropy`` ignores ``setting.ignore_index``, and
+    records (without gradient) each step's cross-entropy over the targets other than
+    ``setting.score_ignore_index``. Nothing is patched when the setting asks for neither."""
+
+    def __init__(self, setting: Setting):
+        self.setting = setting
+        self._last: torch.Tensor | None = None
+        self._steps: list[torch.Tensor] = []
+        self._original: Any = None
+
+    def __enter__(self) -> TargetsPatch:
+        s = self.setting
+        if s.ignore_index is None and s.score_ignore_index is None:
+            return self
+        import torch.nn.functional as F  # noqa: N812
+
+        original = self._original = F.cross_entropy
+
+        def cross_entropy(input: Any, target: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: A002
+            # the value is skipped by turning it into the call's own ignore_index (-100 by default), so that
+            # the targets the call already skipped stay skipped
+            skipped = kwargs.get("ignore_index", -100)
+            if not isinstance(target, torch.Tensor) or target.is_floating_point():
+                return original(input, target, *args, **kwargs)
+            if s.score_ignore_index is not None and isinstance(input, torch.Tensor) and input.requires_grad:
+                with torch.no_grad():
+                    real = target.masked_fill(target == s.score_ignore_index, skipped)
+                    self._last = original(input.detach(), real, ignore_index=skipped)
+            if s.ignore_index is not None:
+                target = target.masked_fill(target == s.ignore_index, skipped)
+            return original(input, target, *args, **kwargs)
+
+        F.cross_entropy = cross_entropy
+        return self
+
+    def end_step(self) -> None:
+        if self._last is not None:
+            self._steps.append(self._last.float().reshape(()))
+            self._last = None
+
+    def scores(self) -> list[float]:
+        if not self._steps:
+            return []
+        return [v if math.isfinite(v) else math.nan for v in torch.stack(self._steps).tolist()]
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._original is not None:
+            import torch.nn.functional as F  # noqa: N812
+
+            F.cross_entropy = self._original
 
 
 def _accepted(cls: type, defaults: dict[str, Any]) -> dict[str, Any]:

@@ -4,8 +4,11 @@ Two arms train copies from the same initial weights, on the same batches in the 
 same number of steps, with the same seeds: **before** (the user's setup, or ``baseline``) and
 **after** (with ``change`` applied). A change is one or more of: ``lr`` (a new peak LR), ``warmup``
 (steps), ``clip`` (a threshold), ``zero_grad`` (True: the fix for a loop that never zeroes its
-gradients; the before arm then accumulates them, as the loop did). Each arm's score is
-`traindoc.experiments.measures.final_loss`, averaged over the seeds. The fix **helped** when the
+gradients; the before arm then accumulates them, as the loop did), ``ignore_index`` (a target
+value cross-entropy should skip: the fix for pads counted in the loss; both arms are then scored on
+the cross-entropy of the other targets, recorded beside the loss at each step, since their own
+losses count different targets). Each arm's score is `traindoc.experiments.measures.final_loss`,
+averaged over the seeds. The fix **helped** when the
 after arm's score is lower by more than the noise: half the seed spread of either arm, or `NOISE`
 of the before score, whichever is larger. A fix that did not help says so; the result holds both
 curves.
@@ -26,7 +29,7 @@ from traindoc.experiments.result import ExperimentResult
 from traindoc.experiments.trial import Plan, Setting
 
 NOISE = 0.01
-CHANGES = ("lr", "warmup", "clip", "zero_grad")
+CHANGES = ("lr", "warmup", "clip", "zero_grad", "ignore_index")
 
 
 def verify_fix(model: nn.Module, batches: Any, *, change: dict[str, Any], baseline: dict[str, Any] | None = None,
@@ -63,12 +66,14 @@ def fix_experiment(plan: Any, *, change: dict[str, Any], baseline: dict[str, Any
     if change.get("zero_grad") is True and isinstance(plan, Plan):
         before_kw.setdefault("zero_grad", False)  # a copy reproduces the loop without it
     after_kw = {**before_kw, **change}
+    if change.get("ignore_index") is not None:  # both arms scored on the same targets: the real ones
+        before_kw["score_ignore_index"] = after_kw["score_ignore_index"] = change["ignore_index"]
     settings = [Setting(steps=steps, seed=s, **kw) for kw in (before_kw, after_kw) for s in range(seeds)]
     curves = run_trials(plan, settings, jobs=jobs, backend=backend)
     before, after = curves[:seeds], curves[seeds:]
 
     def arm(cs: list[Any]) -> tuple[float, float]:
-        values = [final_loss(c.losses) for c in cs]
+        values = [final_loss(c.compared) for c in cs]
         spread = (max(values) - min(values)) / 2 if all(math.isfinite(v) for v in values) else 0.0
         return sum(values) / len(values), spread
 

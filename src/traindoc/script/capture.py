@@ -125,16 +125,14 @@ class Capture:
         """traindoc's own passes: nothing is recorded, and ``torch.nn.functional``'s losses are torch's
         own again (the doctor recognises a loss call by the function itself)."""
         self._paused += 1
-        swapped = self._paused == 1 and self._losses
-        if swapped:
-            for name, (original, _) in self._losses.items():
-                setattr(F, name, original)
+        swapped = {name: getattr(F, name) for name in self._losses} if self._paused == 1 else {}
+        for name, (original, _) in self._losses.items() if swapped else ():
+            setattr(F, name, original)
         try:
             yield
         finally:
-            if swapped:
-                for name, (_, wrapper) in self._losses.items():
-                    setattr(F, name, wrapper)
+            for name, current in swapped.items():  # what was there: the wrapper, or a wrapper around it
+                setattr(F, name, current)
             self._paused -= 1
 
     # ------------------------------------------------------------------ install / remove

@@ -467,7 +467,8 @@ class Session:
             info["lr"] = self.base_lr
         if self.trial is not None:
             info["trial"] = {"setting": dict(vars(self.trial.setting)), "peak_lr": self.trial.peak,
-                             "one_batch_applied": self.trial.one_batch_applied}
+                             "one_batch_applied": self.trial.one_batch_applied,
+                             "scores": self.trial.targets.scores()}
             if self.trial.setting.one_batch and not self.trial.one_batch_applied:
                 self.notes.append("the script reads no data through a torch DataLoader: it could not be held to "
                                   "one batch")

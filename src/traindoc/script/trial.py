@@ -13,6 +13,8 @@ setting names, and nothing in the script's source:
   parameters are clipped to ``setting.clip``.
 * **zero_grad** (``True``): the gradients are zeroed after every step of the optimizer, as the
   missing ``optimizer.zero_grad()`` would; a script's own ``zero_grad`` cannot be taken away.
+* **targets** (``ignore_index``, ``score_ignore_index``): `traindoc.experiments.trial.TargetsPatch`,
+  whose per-step scores go into the run's ``info["trial"]["scores"]``.
 * **one batch**: the first DataLoader the script iterates yields its first batch forever (every
   epoch), so the script trains on one batch; scripts that read data without a DataLoader cannot be
   run this way, and the trial says so.
@@ -34,7 +36,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from traindoc.experiments.measures import unstable_at
-from traindoc.experiments.trial import CHECK_EVERY, DIVERGE, Setting
+from traindoc.experiments.trial import CHECK_EVERY, DIVERGE, Setting, TargetsPatch
 from traindoc.probes.optimizer import group_lr
 
 SEED_STRIDE = 1_000_003
@@ -52,10 +54,13 @@ class TrialRun:
         self._loader: Any = None
         self.batch: Any = None
         self.one_batch_applied = False
+        self.targets = TargetsPatch(setting)
 
     # ------------------------------------------------------------------ patches
     def install(self) -> None:
         s = self.setting
+        self.targets = TargetsPatch(s).__enter__()
+        self._undo.append(lambda: self.targets.__exit__(None, None, None))
         if s.seed:
             original = torch.manual_seed
 
@@ -117,6 +122,7 @@ class TrialRun:
             g["lr"] = lr
         if self.setting.zero_grad is True:
             optimizer.zero_grad(set_to_none=True)
+        self.targets.end_step()
         if self._last_loss is not None:
             self._losses.append(self._last_loss)
             self._last_loss = None
