@@ -273,3 +273,10 @@ def test_pads_counted_in_the_loss_are_ab_tested_on_the_real_targets():
     assert before.scores[-1] > before.losses[-1]  # pads are easy targets once learned: counting them lowers the loss
     assert math.isfinite(r["loss_before"]) and math.isfinite(r["loss_after"]) and r["verdict"]
     assert F.cross_entropy is not None and F.cross_entropy.__module__ == "torch.nn.functional"  # restored
+
+
+def test_a_scheduler_fix_is_verified_on_a_script_not_on_a_copy():
+    model = mlp()
+    with pytest.raises(TraindocInputError, match="script"):
+        verify_fix(model, task(), optimizer=torch.optim.SGD(model.parameters(), lr=0.1), loss_fn=ce,
+                   change={"scheduler_per_step": True})

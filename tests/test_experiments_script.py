@@ -95,3 +95,17 @@ def test_tune_fix_ignore_index_scores_both_arms_on_the_real_targets(tmp_path):
     before, after = data["curves"]["before"], data["curves"]["after"]
     assert len(before["losses"]) == len(after["losses"]) == 12
     assert data["result"]["verdict"] in ("helped", "did not help", "made it worse")
+
+
+@pytest.mark.slow
+def test_tune_fix_scheduler_per_step_helps_a_warmup_stepped_per_epoch_and_not_its_healthy_twin(tmp_path):
+    verdicts = {}
+    for bug in ("sched-epoch", None):
+        code, data = experiment(tmp_path / str(bug), "tune", "fix", str(SCRIPTS / "overfit_loop.py"),
+                                "--scheduler-per-step", "--max-steps", "40", "--seeds", "1", "--jobs", "2",
+                                *(("--", bug) if bug else ()))
+        assert code == 0
+        verdicts[bug] = data["result"]
+    assert verdicts["sched-epoch"]["helped"]
+    assert verdicts[None]["verdict"] == "did not help"
+    assert verdicts[None]["loss_before"] == pytest.approx(verdicts[None]["loss_after"])

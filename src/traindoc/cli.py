@@ -315,10 +315,11 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
     if kind == "fix":
         change = {k: v for k, v in (("lr", args.lr), ("warmup", args.warmup), ("clip", args.clip),
                                     ("zero_grad", True if args.zero_grad else None),
-                                    ("ignore_index", args.ignore_index)) if v is not None}
+                                    ("ignore_index", args.ignore_index),
+                                    ("scheduler_per_step", True if args.scheduler_per_step else None)) if v is not None}
         if not change:
-            raise TraindocInputError("fix", "name the change to verify: --lr, --warmup, --clip, --zero-grad or "
-                                            "--ignore-index")
+            raise TraindocInputError("fix", "name the change to verify: --lr, --warmup, --clip, --zero-grad, "
+                                            "--ignore-index or --scheduler-per-step")
     update, stop = _progress()
     try:
         result = script_experiment(kind, args.script, list(args.script_args), max_steps=args.max_steps,
@@ -464,6 +465,9 @@ def build_parser() -> argparse.ArgumentParser:
     fix_p.add_argument("--ignore-index", type=int, default=None, metavar="ID",
                        help="make cross-entropy skip this target value (the pad id, when pads are counted in the "
                             "loss); both arms are scored on the other targets (default: unchanged)")
+    fix_p.add_argument("--scheduler-per-step", action="store_true",
+                       help="step the LR schedulers after every optimizer step instead of where the script steps "
+                            "them (default: off)")
     fix_p.add_argument("--seeds", type=int, default=2, metavar="S", help="seeds per arm (default 2)")
     fix_p.add_argument("--jobs", type=int, default=1, metavar="J", help="trials run side by side (default 1)")
     for p in (lr_p, warm_p, fix_p):

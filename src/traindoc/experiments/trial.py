@@ -70,6 +70,9 @@ class Setting:
     stop_on_divergence: bool = False
     ignore_index: int | None = None
     """Cross-entropy ignores this target value (the fix for pads counted in the loss)."""
+    scheduler_per_step: bool = False
+    """A script's LR schedulers step after every optimizer step, and its own ``scheduler.step()``
+    calls do nothing (the fix for a per-step schedule stepped once per epoch; script trials only)."""
     score_ignore_index: int | None = None
     """Also record each step's cross-entropy without this target value (`Curve.scores`), so that two
     arms that count different targets are compared on the same ones."""

@@ -7,7 +7,8 @@ same number of steps, with the same seeds: **before** (the user's setup, or ``ba
 gradients; the before arm then accumulates them, as the loop did), ``ignore_index`` (a target
 value cross-entropy should skip: the fix for pads counted in the loss; both arms are then scored on
 the cross-entropy of the other targets, recorded beside the loss at each step, since their own
-losses count different targets). Each arm's score is `traindoc.experiments.measures.final_loss`,
+losses count different targets), ``scheduler_per_step`` (on a script: its LR schedulers step after
+every optimizer step, the fix for a per-step schedule stepped once per epoch). Each arm's score is `traindoc.experiments.measures.final_loss`,
 averaged over the seeds. The fix **helped** when the
 after arm's score is lower by more than the noise: half the seed spread of either arm, or `NOISE`
 of the before score, whichever is larger. A fix that did not help says so; the result holds both
@@ -29,7 +30,7 @@ from traindoc.experiments.result import ExperimentResult
 from traindoc.experiments.trial import Plan, Setting
 
 NOISE = 0.01
-CHANGES = ("lr", "warmup", "clip", "zero_grad", "ignore_index")
+CHANGES = ("lr", "warmup", "clip", "zero_grad", "ignore_index", "scheduler_per_step")
 
 
 def verify_fix(model: nn.Module, batches: Any, *, change: dict[str, Any], baseline: dict[str, Any] | None = None,
@@ -62,6 +63,9 @@ def fix_experiment(plan: Any, *, change: dict[str, Any], baseline: dict[str, Any
     unknown = sorted((set(change) | set(baseline or {})) - set(CHANGES))
     if unknown or not change:
         raise TraindocInputError("change", f"must set some of {', '.join(CHANGES)}; got {sorted(change) or 'nothing'}")
+    if change.get("scheduler_per_step") and isinstance(plan, Plan):
+        raise TraindocInputError("change", "scheduler_per_step is verified on a script (`traindoc tune fix SCRIPT "
+                                           "--scheduler-per-step`): a copy's trial has no scheduler")
     before_kw = dict(baseline or {})
     if change.get("zero_grad") is True and isinstance(plan, Plan):
         before_kw.setdefault("zero_grad", False)  # a copy reproduces the loop without it

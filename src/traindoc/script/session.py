@@ -342,10 +342,14 @@ class Session:
             return
         if self._waiting:  # optimizer.step(closure): the closure called the model inside the step
             self._start(optimizer, after_step=True)
-        diverged = self.trial is not None and self.trial.after_step(optimizer, self.steps)
+        diverged = self.trial is not None and self.trial.after_step(optimizer, self.steps, self._schedulers())
         self.steps += 1
         if diverged or (self.max_steps is not None and self.steps >= self.max_steps):
             raise StopScript()
+
+    def _schedulers(self) -> list[Any]:
+        """The LR schedulers the script built, alive."""
+        return [s for s in (ref() for ref, _ in self.capture.seen.created.get("scheduler", [])) if s is not None]
 
     def _start(self, optimizer: torch.optim.Optimizer, *, after_step: bool) -> None:
         """The doctor and the watch, at the first step's pre-hook; or, when the model is called inside

@@ -15,6 +15,8 @@ setting names, and nothing in the script's source:
   missing ``optimizer.zero_grad()`` would; a script's own ``zero_grad`` cannot be taken away.
 * **targets** (``ignore_index``, ``score_ignore_index``): `traindoc.experiments.trial.TargetsPatch`,
   whose per-step scores go into the run's ``info["trial"]["scores"]``.
+* **scheduler per step** (``scheduler_per_step``): the LR schedulers built on the watched optimizer
+  step after each of its steps, and the script's own ``scheduler.step()`` calls do nothing.
 * **one batch**: the first DataLoader the script iterates yields its first batch forever (every
   epoch), so the script trains on one batch; scripts that read data without a DataLoader cannot be
   run this way, and the trial says so.
@@ -29,7 +31,7 @@ from __future__ import annotations
 
 import math
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -55,6 +57,9 @@ class TrialRun:
         self.batch: Any = None
         self.one_batch_applied = False
         self.targets = TargetsPatch(setting)
+        self.schedulers: weakref.WeakSet[Any] = weakref.WeakSet()
+        """The script's LR schedulers (a per-step trial steps them)."""
+        self._stepping = False
 
     # ------------------------------------------------------------------ patches
     def install(self) -> None:
@@ -72,6 +77,21 @@ class TrialRun:
             self._undo.append(lambda: (setattr(torch, "manual_seed", original),
                                        setattr(torch.random, "manual_seed", original)))
             original(s.seed * SEED_STRIDE)
+        if s.scheduler_per_step:
+            from torch.optim.lr_scheduler import LRScheduler
+
+            step = LRScheduler.step
+            trial = self
+
+            def scheduler_step(sched: Any, *args: Any, **kwargs: Any) -> Any:
+                # the constructor's own first step, and the trial's, run; the script's calls do not
+                if trial._stepping or getattr(sched, "_step_count", 0) < 1:
+                    return step(sched, *args, **kwargs)
+                trial.schedulers.add(sched)
+                return None
+
+            LRScheduler.step = scheduler_step  # type: ignore[method-assign]
+            self._undo.append(lambda: setattr(LRScheduler, "step", step))
         if s.one_batch:
             iterate = DataLoader.__iter__
             trial = self
@@ -115,11 +135,20 @@ class TrialRun:
             if params:
                 torch.nn.utils.clip_grad_norm_(params, s.clip)
 
-    def after_step(self, optimizer: torch.optim.Optimizer, step: int) -> bool:
-        """Put the script's LRs back (and zero the gradients when the setting adds ``zero_grad``); True
-        when the trial should stop here (a diverged ramp)."""
+    def after_step(self, optimizer: torch.optim.Optimizer, step: int, schedulers: Sequence[Any] = ()) -> bool:
+        """Put the script's LRs back (then step its ``schedulers`` when the setting steps them per step,
+        and zero the gradients when it adds ``zero_grad``); True when the trial should stop here (a
+        diverged ramp)."""
         for g, lr in zip(optimizer.param_groups, self._saved, strict=False):
             g["lr"] = lr
+        if self.setting.scheduler_per_step:
+            self._stepping = True
+            try:
+                for sched in schedulers:
+                    if getattr(sched, "optimizer", None) is optimizer:
+                        sched.step()
+            finally:
+                self._stepping = False
         if self.setting.zero_grad is True:
             optimizer.zero_grad(set_to_none=True)
         self.targets.end_step()
