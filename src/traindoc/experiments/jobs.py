@@ -62,6 +62,10 @@ def run_trials(plan: Any, settings: Sequence[Setting], *, jobs: int = 1, progres
     runs its trials as processes of their own (`traindoc.experiments.script_plan.ScriptPlan`) runs them
     in a pool of ``jobs``; ``backend="ray"`` runs every trial as a Ray task (`ray_map`)."""
     global _PLAN
+    if backend not in ("pool", "ray"):
+        from traindoc.errors import TraindocInputError
+
+        raise TraindocInputError("backend", f"must be 'pool' (local processes) or 'ray', got {backend!r}")
     run_many = getattr(plan, "run_many", None)
     if run_many is not None:
         return run_many(settings, jobs=jobs, backend=backend, progress=progress)
