@@ -126,6 +126,19 @@ def test_a_nan_crash_names_the_line_where_the_nan_is_born(tmp_path, capsys):
     assert f["location"]["line"] == line_of("nan_crash.py", "torch.log(")  # in the model's forward
 
 
+@pytest.mark.parametrize("bug, expected", [(None, None), ("softmax", "double-softmax"), ("label", "label-out-of-range")])
+def test_a_loss_module_called_after_the_model_does_not_hide_the_model(tmp_path, bug, expected):
+    """``criterion = nn.CrossEntropyLoss()`` is a module too, called after the model: it has no parameters,
+    so the model the optimizer trains stays the one diagnosed."""
+    code, data = run(tmp_path, "criterion_loop.py", *((bug,) if bug else ()))
+    assert data["info"]["model"] == "Sequential" and "check" in data["info"] and "watch" in data["info"]
+    if expected is None:
+        assert code == 0 and [f["id"] for f in data["findings"] if f["severity"] != "hint"] == []
+        return
+    (f,) = [f for f in data["findings"] if f["id"] == expected]
+    assert f["severity"] == "error" and f["location"]["line"] == line_of("criterion_loop.py", "loss = criterion(")
+
+
 def test_an_exception_inside_traindocs_hooks_is_reported_and_the_script_goes_on(tmp_path, monkeypatch, capsys):
     import traindoc.script.capture as capture
 

@@ -3,8 +3,9 @@
 `Capture.install` puts into PyTorch, for the time the script runs:
 
 * a global module forward pre-hook and forward hook (``torch.nn.modules.module``) that track the
-  outermost module call under grad mode in training mode: the module, its positional and keyword
-  arguments (the batch as it enters the model), and the user's line that called it. Once the model
+  outermost call of a module with parameters under grad mode in training mode (a loss module such as
+  ``nn.CrossEntropyLoss()`` is not the model): the module, its positional and keyword arguments (the
+  batch as it enters the model), and the user's line that called it. Once the model
   being trained is known (`narrow_to`), they are replaced by one forward pre-hook on that model;
 * wrappers of the loss functions of ``torch.nn.functional`` (which the ``nn`` loss modules and the
   Hugging Face models call): the last call's function, input, target and options, and its line;
@@ -245,7 +246,9 @@ class Capture:
         if self._depth == 0 and self._pending is not None and self._pending[0] is module:
             location = self._pending[1]
             self._pending = None
-            if module.training and torch.is_grad_enabled():
+            # a module without parameters (`criterion = nn.CrossEntropyLoss()`, called after the model) is
+            # not a model being trained: it must not take the model call's place
+            if module.training and torch.is_grad_enabled() and next(module.parameters(), None) is not None:
                 returns_loss = output_loss(output)[0] is not None
                 self._record_call(ModelCall(module, args, dict(kwargs), location, returns_loss))
 

@@ -1,0 +1,28 @@
+"""A loop that computes its loss with a loss module (`criterion = nn.CrossEntropyLoss()`), called after
+the model, as most tutorials write it. Healthy by default; "softmax" ends the model with nn.Softmax
+(the loss then applies softmax twice); "label" puts a label outside the model's 4 classes."""
+
+import sys
+
+import torch
+import torch.nn as nn
+
+torch.manual_seed(0)
+torch.set_num_threads(1)
+BUG = sys.argv[1] if len(sys.argv) > 1 else None
+x = torch.randn(512, 16)
+y = (x[:, 0] > 0).long() + 2 * (x[:, 1] > 0).long()
+if BUG == "label":
+    y[100] = 4
+layers = [nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 4)]
+model = nn.Sequential(*layers, nn.Softmax(dim=-1)) if BUG == "softmax" else nn.Sequential(*layers)
+criterion = nn.CrossEntropyLoss()
+optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+for _epoch in range(3):
+    for i in range(0, 512, 32):
+        outputs = model(x[i:i + 32])
+        loss = criterion(outputs, y[i:i + 32])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+print(f"done {loss.item():.3f}")
