@@ -19,8 +19,8 @@ from traindoc.state import fingerprint
 
 torch.set_num_threads(1)
 
-MINE = ["nan-forward", "init-loss-mismatch", "double-softmax", "no-grad-params", "params-not-in-optimizer",
-        "lr-too-high", "weight-decay-on-norms", "oom-risk"]
+MINE = ["nan-forward", "init-loss-mismatch", "double-softmax", "nll-without-log-softmax", "no-grad-params",
+        "params-not-in-optimizer", "lr-too-high", "weight-decay-on-norms", "oom-risk"]
 
 
 def check(model, batch, **kw):
@@ -251,6 +251,15 @@ def test_double_softmax_nll_on_probabilities_and_healthy_log_softmax():
     assert f.evidence["loss_function"] == "nll_loss"
     report = xy(z.MLP(), loss_fn=lambda out, b: F.nll_loss(F.log_softmax(out, -1), b[1]))
     assert "double-softmax" not in report
+
+
+def test_nll_loss_on_raw_logits_and_its_healthy_twin_on_log_softmax():
+    f = only(xy(z.MLP(), loss_fn=z.nll_loss), "nll-without-log-softmax")
+    assert f.severity == "error" and f.evidence["max_value"] > 0 and f.evidence["max_abs_logsumexp"] > 1e-3
+    healthy = xy(z.MLP(), loss_fn=lambda out, b: F.nll_loss(F.log_softmax(out, -1), b[1]))
+    assert "nll-without-log-softmax" not in healthy and healthy.findings == []
+    probabilities = xy(z.MLP(softmax=True), loss_fn=z.nll_loss)  # that one is double-softmax, said once
+    assert "nll-without-log-softmax" not in probabilities and "double-softmax" in probabilities
 
 
 def test_double_softmax_bce_with_logits_after_sigmoid():

@@ -126,7 +126,8 @@ def test_a_nan_crash_names_the_line_where_the_nan_is_born(tmp_path, capsys):
     assert f["location"]["line"] == line_of("nan_crash.py", "torch.log(")  # in the model's forward
 
 
-@pytest.mark.parametrize("bug, expected", [(None, None), ("softmax", "double-softmax"), ("label", "label-out-of-range")])
+@pytest.mark.parametrize("bug, expected", [(None, None), ("softmax", "double-softmax"), ("label", "label-out-of-range"),
+                                           ("nll", "nll-without-log-softmax")])
 def test_a_loss_module_called_after_the_model_does_not_hide_the_model(tmp_path, bug, expected):
     """``criterion = nn.CrossEntropyLoss()`` is a module too, called after the model: it has no parameters,
     so the model the optimizer trains stays the one diagnosed."""

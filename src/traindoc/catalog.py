@@ -188,6 +188,15 @@ _ENTRIES = [
         "only for inference.",
     ),
     Entry(
+        "nll-without-log-softmax", "model",
+        "nll_loss (nn.NLLLoss) receives raw scores instead of log-probabilities: it only picks -x[y], so "
+        "the loss has no lower bound (it goes negative) and the other classes are never pushed down.",
+        "The tensor that reaches nll_loss is neither probabilities (double-softmax) nor log-probabilities: "
+        "some value is above 0 or some row's log-sum-exp is away from 0 beyond rounding.",
+        "Apply `F.log_softmax(logits, dim=-1)` before nll_loss, or use `nn.CrossEntropyLoss()` on the raw "
+        "logits, which does both.",
+    ),
+    Entry(
         "no-grad-params", "model",
         "Trainable parameters get no gradient (or an all-zero one) from the loss, so they never "
         "move: a head not connected to the loss, a branch cut by `.detach()`/`torch.no_grad()`, "

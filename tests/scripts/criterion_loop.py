@@ -1,6 +1,7 @@
-"""A loop that computes its loss with a loss module (`criterion = nn.CrossEntropyLoss()`), called after
+"""A loop that computes its loss with a loss module (`criterion = nn.NLLLoss() if BUG == "nll" else nn.CrossEntropyLoss()`), called after
 the model, as most tutorials write it. Healthy by default; "softmax" ends the model with nn.Softmax
-(the loss then applies softmax twice); "label" puts a label outside the model's 4 classes."""
+(the loss then applies softmax twice); "label" puts a label outside the model's 4 classes; "nll"
+uses nn.NLLLoss on the raw logits (no log_softmax)."""
 
 import sys
 
@@ -16,7 +17,7 @@ if BUG == "label":
     y[100] = 4
 layers = [nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 4)]
 model = nn.Sequential(*layers, nn.Softmax(dim=-1)) if BUG == "softmax" else nn.Sequential(*layers)
-criterion = nn.CrossEntropyLoss()
+criterion = nn.NLLLoss() if BUG == "nll" else nn.CrossEntropyLoss()
 optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
 for _epoch in range(3):
     for i in range(0, 512, 32):

@@ -1,4 +1,5 @@
-"""Probes on what reaches the loss: ``double-softmax`` and ``init-loss-mismatch``.
+"""Probes on what reaches the loss: ``double-softmax``, ``nll-without-log-softmax`` and
+``init-loss-mismatch``.
 
 Both read the loss calls the main pass observed (the exact tensors that reached ``cross_entropy``,
 ``nll_loss`` or BCE), so they cost no extra pass.
@@ -7,6 +8,10 @@ Both read the loss calls the main pass observed (the exact tensors that reached 
   and sum to 1 — probabilities, so the loss applies a second softmax; ``nll_loss`` given
   probabilities instead of log-probabilities; ``binary_cross_entropy_with_logits`` given the output
   of a sigmoid (read from the autograd graph).
+- ``nll-without-log-softmax`` (error): the tensor given to ``nll_loss`` is neither probabilities
+  (``double-softmax``) nor log-probabilities: some row has a value above 0 or a log-sum-exp away from
+  0 (beyond rounding). ``nll_loss`` only picks ``-x[y]``: on raw scores it rewards making the target
+  score large, without bound, and never pushes the other classes down.
 - ``init-loss-mismatch`` (warning): on a model that looks untrained (no checkpoint name on it or
   any submodule), the loss is far above what uniform guessing gives — above ln C + max(1, ln C / 2)
   for ``cross_entropy`` (or ``nll_loss`` on log-probabilities), ln 2 + 1 for BCE-with-logits: the
@@ -67,6 +72,41 @@ def _probability_rows(x: torch.Tensor, cdim: int) -> tuple[bool, float, float]:
     lo = float(x.min())
     dev = float((x.sum(cdim) - 1).abs().max())
     return lo >= 0 and dev <= tol, lo, dev
+
+
+def _log_probability_rows(x: torch.Tensor, cdim: int) -> tuple[bool, float, float]:
+    """(all rows <= 0 with log-sum-exp 0, max value, max |log-sum-exp|)."""
+    tol = 3e-2 if x.dtype in (torch.float16, torch.bfloat16) else 1e-3
+    x = x.detach().float()
+    if x.numel() == 0 or x.shape[cdim] < 2 or not bool(torch.isfinite(x).all()):
+        return True, float("nan"), float("nan")  # nothing to judge
+    hi = float(x.max())
+    lse = float(torch.logsumexp(x, cdim).abs().max())
+    return hi <= tol and lse <= tol, hi, lse
+
+
+def nll_without_log_softmax(ctx: Any) -> list[Finding]:
+    """``nll-without-log-softmax``: raw scores reach ``nll_loss`` (see the module docstring)."""
+    for call in ctx.main.loss_calls:
+        x = call.input
+        if call.fn != "nll_loss" or not x.is_floating_point() or x.numel() == 0:
+            continue
+        cdim = _class_dim(x)
+        if _probability_rows(x, cdim)[0]:
+            continue  # probabilities: double-softmax says so
+        ok, hi, lse = _log_probability_rows(x, cdim)
+        if ok:
+            continue
+        return [Finding(
+            "nll-without-log-softmax", "error",
+            f"nll_loss receives raw scores, not log-probabilities: its {tuple(x.shape)} input has values up to "
+            f"{hi:.3g} and rows whose log-sum-exp is up to {lse:.3g} away from 0, so the loss -x[y] has no lower "
+            "bound and never pushes the other classes down",
+            {"loss_function": "nll_loss", "input_shape": list(x.shape), "max_value": hi, "max_abs_logsumexp": lse,
+             "produced_by": producer(x)},
+            "Apply `F.log_softmax(logits, dim=-1)` (or `nn.LogSoftmax(dim=-1)`) before nll_loss, or use "
+            "`nn.CrossEntropyLoss()` / `F.cross_entropy(logits, y)` on the raw logits, which does both.")]
+    return []
 
 
 def _softmax_modules(model: nn.Module, paths: dict[int, str]) -> list[str]:

@@ -80,6 +80,7 @@ LINE_OF: dict[str, tuple[str, ...]] = {
     "loss-at-chance": ("loss", "model"),
     "init-loss-mismatch": ("loss", "model"),
     "double-softmax": ("loss", "model"),
+    "nll-without-log-softmax": ("loss", "model"),
     "nan-loss": ("loss", "model"),
     "batch-mixing": ("created:transformer", "model"),
     "causal-leak": ("created:transformer", "model"),
