@@ -140,6 +140,14 @@ def test_a_loss_module_called_after_the_model_does_not_hide_the_model(tmp_path, 
     assert f["severity"] == "error" and f["location"]["line"] == line_of("criterion_loop.py", "loss = criterion(")
 
 
+def test_a_loop_that_steps_before_its_first_forward_is_still_diagnosed(tmp_path):
+    """The first optimizer step comes before any model call: the doctor and the monitor start at the next
+    step, once the model has been called on a batch."""
+    _, data = run(tmp_path, "criterion_loop.py", "step-first")
+    assert data["info"]["model"] == "Sequential" and "check" in data["info"] and "watch" in data["info"]
+    assert not data["info"].get("notes")
+
+
 def test_an_exception_inside_traindocs_hooks_is_reported_and_the_script_goes_on(tmp_path, monkeypatch, capsys):
     import traindoc.script.capture as capture
 

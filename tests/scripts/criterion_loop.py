@@ -1,7 +1,8 @@
 """A loop that computes its loss with a loss module (`criterion = nn.NLLLoss() if BUG == "nll" else nn.CrossEntropyLoss()`), called after
 the model, as most tutorials write it. Healthy by default; "softmax" ends the model with nn.Softmax
 (the loss then applies softmax twice); "label" puts a label outside the model's 4 classes; "nll"
-uses nn.NLLLoss on the raw logits (no log_softmax)."""
+uses nn.NLLLoss on the raw logits (no log_softmax); "step-first" calls optimizer.step() before the
+forward and backward of each iteration (so the first step comes before any model call)."""
 
 import sys
 
@@ -21,9 +22,14 @@ criterion = nn.NLLLoss() if BUG == "nll" else nn.CrossEntropyLoss()
 optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
 for _epoch in range(3):
     for i in range(0, 512, 32):
+        if BUG == "step-first":
+            optimizer.zero_grad()
+            optimizer.step()
         outputs = model(x[i:i + 32])
         loss = criterion(outputs, y[i:i + 32])
-        optimizer.zero_grad()
+        if BUG != "step-first":
+            optimizer.zero_grad()
         loss.backward()
-        optimizer.step()
+        if BUG != "step-first":
+            optimizer.step()
 print(f"done {loss.item():.3f}")

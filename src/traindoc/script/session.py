@@ -65,6 +65,11 @@ def inner_module(module: torch.nn.Module) -> torch.nn.Module:
             return module
 
 
+START_TRIES = 3
+"""Optimizer steps at which the doctor and the watch try to start (the model must have been called on a
+batch in training mode by then: a loop may call ``optimizer.step()`` before its first forward)."""
+
+
 class StopScript(BaseException):  # noqa: N818 (not an error: the run reached --max-steps)
     """Raised from the optimizer step hook at ``--max-steps``: unwinds the script like Ctrl-C would,
     past its ``except Exception`` blocks."""
@@ -319,6 +324,7 @@ class Session:
         self.other_optimizers = 0
         self._others: set[int] = set()
         self._waiting = False
+        self._tries = 0
         self.ranks = RankMeasures() if distributed else None
         """This rank's measures for the cross-rank findings (``torchrun``), None in one process."""
         self.bypassed: Finding | None = None
@@ -331,8 +337,10 @@ class Session:
         if self.optimizer is None:
             self.optimizer = optimizer
             self.base_lr = group_lr(optimizer.param_groups[0])
-            self._start(optimizer, after_step=False)
-        elif optimizer is not self.optimizer and id(optimizer) not in self._others:
+        if optimizer is self.optimizer:
+            if self.watch is None and self._tries < START_TRIES:
+                self._start(optimizer, after_step=False)
+        elif id(optimizer) not in self._others:
             self._others.add(id(optimizer))
             self.other_optimizers += 1
         if self.trial is not None and optimizer is self.optimizer:
@@ -362,11 +370,14 @@ class Session:
             self.failures.append(internal_failure("traindoc run (first optimizer step)", f"{type(e).__name__}: {e}"))
             return
         if not started:
-            if after_step:
-                self.notes.append("no model was seen called on a batch in training mode whose parameters the "
-                                  "optimizer holds: the one-batch doctor and the monitor did not run")
-            else:
+            if not after_step:
                 self._waiting = True
+                return
+            self._tries += 1  # a loop that steps before it calls the model: the next steps try again
+            if self._tries >= START_TRIES:
+                self.notes.append(f"no model was seen called on a batch in training mode whose parameters the "
+                                  f"optimizer holds by its optimizer step {START_TRIES}: the one-batch doctor and "
+                                  "the monitor did not run")
 
     def _on_backward(self, loss: torch.Tensor) -> None:
         if self.watch is not None:
