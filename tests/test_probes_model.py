@@ -19,7 +19,8 @@ from traindoc.state import fingerprint
 
 torch.set_num_threads(1)
 
-MINE = ["nan-forward", "init-loss-mismatch", "double-softmax", "nll-without-log-softmax", "no-grad-params",
+MINE = ["nan-forward", "init-loss-mismatch", "double-softmax", "nll-without-log-softmax", "loss-broadcast",
+        "no-grad-params",
         "params-not-in-optimizer", "lr-too-high", "weight-decay-on-norms", "oom-risk"]
 
 
@@ -260,6 +261,18 @@ def test_nll_loss_on_raw_logits_and_its_healthy_twin_on_log_softmax():
     assert "nll-without-log-softmax" not in healthy and healthy.findings == []
     probabilities = xy(z.MLP(softmax=True), loss_fn=z.nll_loss)  # that one is double-softmax, said once
     assert "nll-without-log-softmax" not in probabilities and "double-softmax" in probabilities
+
+
+@pytest.mark.parametrize("loss", [F.mse_loss, F.l1_loss, F.smooth_l1_loss])
+def test_a_regression_loss_that_broadcasts_and_its_healthy_twin(loss):
+    x = torch.randn(16, 8)
+    y = x.sum(1)  # (16,): the model predicts (16, 1)
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 1))
+    with pytest.warns(UserWarning):  # torch only warns about it
+        f = only(check(model, (x, y), forward=z.xy_forward, loss_fn=lambda out, b: loss(out, b[1])), "loss-broadcast")
+    assert f.severity == "error" and f.evidence["broadcast_shape"] == [16, 16] and "squeeze(-1)" in f.fix
+    healthy = check(model, (x, y), forward=z.xy_forward, loss_fn=lambda out, b: loss(out.squeeze(-1), b[1]))
+    assert "loss-broadcast" not in healthy
 
 
 def test_double_softmax_bce_with_logits_after_sigmoid():

@@ -197,6 +197,15 @@ _ENTRIES = [
         "logits, which does both.",
     ),
     Entry(
+        "loss-broadcast", "model",
+        "An element-wise loss (MSE, L1, smooth L1, Huber, BCE, KL) gets a prediction and a target of "
+        "different shapes that broadcast: a (B, 1) prediction against a (B,) target becomes (B, B), every "
+        "prediction scored against every target, and the model learns the batch mean.",
+        "The shapes of the tensors that reach the loss: different, and broadcasting to more elements than "
+        "either holds. torch itself only warns.",
+        "Match the shapes: `loss_fn(pred.squeeze(-1), target)` or `loss_fn(pred, target.unsqueeze(-1))`.",
+    ),
+    Entry(
         "no-grad-params", "model",
         "Trainable parameters get no gradient (or an all-zero one) from the loss, so they never "
         "move: a head not connected to the loss, a branch cut by `.detach()`/`torch.no_grad()`, "

@@ -1,5 +1,5 @@
-"""Probes on what reaches the loss: ``double-softmax``, ``nll-without-log-softmax`` and
-``init-loss-mismatch``.
+"""Probes on what reaches the loss: ``double-softmax``, ``nll-without-log-softmax``, ``loss-broadcast``
+and ``init-loss-mismatch``.
 
 Both read the loss calls the main pass observed (the exact tensors that reached ``cross_entropy``,
 ``nll_loss`` or BCE), so they cost no extra pass.
@@ -12,6 +12,10 @@ Both read the loss calls the main pass observed (the exact tensors that reached 
   (``double-softmax``) nor log-probabilities: some row has a value above 0 or a log-sum-exp away from
   0 (beyond rounding). ``nll_loss`` only picks ``-x[y]``: on raw scores it rewards making the target
   score large, without bound, and never pushes the other classes down.
+- ``loss-broadcast`` (error): an element-wise loss (``mse_loss``, ``l1_loss``, ``smooth_l1_loss``,
+  ``huber_loss``, the BCEs, ``kl_div``) receives an input and a target of different shapes that
+  broadcast to more elements than either holds: a ``(B, 1)`` prediction against a ``(B,)`` target
+  becomes ``(B, B)``, every prediction compared with every target (torch only warns).
 - ``init-loss-mismatch`` (warning): on a model that looks untrained (no checkpoint name on it or
   any submodule), the loss is far above what uniform guessing gives — above ln C + max(1, ln C / 2)
   for ``cross_entropy`` (or ``nll_loss`` on log-probabilities), ln 2 + 1 for BCE-with-logits: the
@@ -106,6 +110,36 @@ def nll_without_log_softmax(ctx: Any) -> list[Finding]:
              "produced_by": producer(x)},
             "Apply `F.log_softmax(logits, dim=-1)` (or `nn.LogSoftmax(dim=-1)`) before nll_loss, or use "
             "`nn.CrossEntropyLoss()` / `F.cross_entropy(logits, y)` on the raw logits, which does both.")]
+    return []
+
+
+_ELEMENTWISE = ("mse_loss", "l1_loss", "smooth_l1_loss", "huber_loss", "binary_cross_entropy",
+                "binary_cross_entropy_with_logits", "kl_div")
+
+
+def loss_broadcast(ctx: Any) -> list[Finding]:
+    """``loss-broadcast``: an element-wise loss whose input and target broadcast (see the module docstring)."""
+    for call in ctx.main.loss_calls:
+        x, t = call.input, call.target
+        if call.fn not in _ELEMENTWISE or not isinstance(t, torch.Tensor) or x.shape == t.shape:
+            continue
+        try:
+            shape = torch.broadcast_shapes(x.shape, t.shape)
+        except RuntimeError:
+            continue
+        if math.prod(shape) <= max(x.numel(), t.numel()):
+            continue
+        fix = ("Give the loss a target of the prediction's shape: "
+               + ("`loss_fn(pred.squeeze(-1), target)`" if x.dim() == t.dim() + 1 and x.shape[-1] == 1 else
+                  "`loss_fn(pred, target.unsqueeze(-1))`" if t.dim() == x.dim() + 1 and t.shape[-1] == 1 else
+                  "`loss_fn(pred, target.view_as(pred))`")
+               + " (torch warns \"Using a target size that is different to the input size\").")
+        return [Finding(
+            "loss-broadcast", "error",
+            f"{call.fn} compares a {tuple(x.shape)} prediction with a {tuple(t.shape)} target: broadcasting makes "
+            f"it {tuple(shape)}, so every prediction is scored against every target",
+            {"loss_function": call.fn, "input_shape": list(x.shape), "target_shape": list(t.shape),
+             "broadcast_shape": list(shape)}, fix)]
     return []
 
 

@@ -37,6 +37,9 @@ LOSS_FUNCTIONS: dict[Callable[..., Any], str] = {
     F.binary_cross_entropy: "binary_cross_entropy",
     F.binary_cross_entropy_with_logits: "binary_cross_entropy_with_logits",
     F.mse_loss: "mse_loss",
+    F.l1_loss: "l1_loss",
+    F.smooth_l1_loss: "smooth_l1_loss",
+    F.huber_loss: "huber_loss",
     F.kl_div: "kl_div",
 }
 _LOSS_DEFAULT_IGNORE = {"cross_entropy": -100, "nll_loss": -100}

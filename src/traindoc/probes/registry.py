@@ -48,6 +48,7 @@ PROBES: list[Probe] = [
     Probe("init-loss-mismatch", "model", loss.init_loss_mismatch),
     Probe("double-softmax", "model", loss.double_softmax),
     Probe("nll-without-log-softmax", "model", loss.nll_without_log_softmax),
+    Probe("loss-broadcast", "model", loss.loss_broadcast),
     Probe("no-grad-params", "model", params.no_grad_params),
     Probe("params-not-in-optimizer", "model", params.params_not_in_optimizer),
     Probe("lr-too-high", "optimizer", optimizer.lr_too_high),

@@ -86,6 +86,7 @@ LINE_OF: dict[str, tuple[str, ...]] = {
     "init-loss-mismatch": ("loss", "model"),
     "double-softmax": ("loss", "model"),
     "nll-without-log-softmax": ("loss", "model"),
+    "loss-broadcast": ("loss", "model"),
     "nan-loss": ("loss", "model"),
     "batch-mixing": ("created:transformer", "model"),
     "causal-leak": ("created:transformer", "model"),
