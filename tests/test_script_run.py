@@ -148,6 +148,14 @@ def test_a_loop_that_steps_before_its_first_forward_is_still_diagnosed(tmp_path)
     assert not data["info"].get("notes")
 
 
+def test_a_forward_under_no_grad_crashes_backward_and_names_the_model_call(tmp_path):
+    code, data = run(tmp_path, "criterion_loop.py", "no-grad")
+    assert code == 1
+    (f,) = [f for f in data["findings"] if f["id"] == "no-grad-params"]
+    assert f["severity"] == "error" and f["evidence"]["model_called_under_no_grad"]
+    assert f["location"]["line"] == line_of("criterion_loop.py", "outputs = model(x[i:i + 32])")
+
+
 def test_an_exception_inside_traindocs_hooks_is_reported_and_the_script_goes_on(tmp_path, monkeypatch, capsys):
     import traindoc.script.capture as capture
 

@@ -2,7 +2,8 @@
 the model, as most tutorials write it. Healthy by default; "softmax" ends the model with nn.Softmax
 (the loss then applies softmax twice); "label" puts a label outside the model's 4 classes; "nll"
 uses nn.NLLLoss on the raw logits (no log_softmax); "step-first" calls optimizer.step() before the
-forward and backward of each iteration (so the first step comes before any model call)."""
+forward and backward of each iteration (so the first step comes before any model call); "no-grad"
+calls the model under torch.no_grad() (loss.backward() then fails)."""
 
 import sys
 
@@ -25,7 +26,11 @@ for _epoch in range(3):
         if BUG == "step-first":
             optimizer.zero_grad()
             optimizer.step()
-        outputs = model(x[i:i + 32])
+        if BUG == "no-grad":
+            with torch.no_grad():
+                outputs = model(x[i:i + 32])
+        else:
+            outputs = model(x[i:i + 32])
         loss = criterion(outputs, y[i:i + 32])
         if BUG != "step-first":
             optimizer.zero_grad()

@@ -84,7 +84,8 @@ class Seen:
     created: dict[str, list[tuple[Any, Location | None]]] = field(default_factory=dict)
     lines: dict[str, Location] = field(default_factory=dict)
     """The first user line of: "model" (its call), "loss", "backward", "step", "scheduler_step",
-    "sampler_iter" (where a DistributedSampler's iteration started: the ``for`` over its DataLoader)."""
+    "sampler_iter" (where a DistributedSampler's iteration started: the ``for`` over its DataLoader),
+    "model_no_grad" (a call of a model in training mode under ``torch.no_grad()``)."""
     sampler_epochs: dict[int, tuple[Any, list[int]]] = field(default_factory=dict)
     """Each DistributedSampler iterated: a weak reference and its epoch at each iteration's start."""
 
@@ -248,9 +249,13 @@ class Capture:
             self._pending = None
             # a module without parameters (`criterion = nn.CrossEntropyLoss()`, called after the model) is
             # not a model being trained: it must not take the model call's place
-            if module.training and torch.is_grad_enabled() and next(module.parameters(), None) is not None:
+            if not module.training or next(module.parameters(), None) is None:
+                return
+            if torch.is_grad_enabled():
                 returns_loss = output_loss(output)[0] is not None
                 self._record_call(ModelCall(module, args, dict(kwargs), location, returns_loss))
+            elif location is not None:  # a training-mode call under torch.no_grad(): kept for a crash's diagnosis
+                self.seen.lines.setdefault("model_no_grad", location)
 
     def _model_pre(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         if not self._paused and module.training and torch.is_grad_enabled():  # after the doctor: the batch only

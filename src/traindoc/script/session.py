@@ -92,7 +92,7 @@ LINE_OF: dict[str, tuple[str, ...]] = {
     "causal-leak": ("created:transformer", "model"),
     "padding-leak": ("created:transformer", "model"),
     "nan-forward": ("model",),
-    "no-grad-params": ("model", "created:optimizer"),
+    "no-grad-params": ("model", "model_no_grad", "created:optimizer"),
     "oom-risk": ("model",),
     "train-mode-off": ("model", "step"),
     "params-not-in-optimizer": ("created:optimizer",),
@@ -197,17 +197,21 @@ def loss_fn_of(call: LossCall | None) -> Callable[[Any, Any], torch.Tensor] | No
 _OUT_OF_BOUNDS = re.compile(r"out of bounds|device-side assert|t >= 0 && t < n_classes|cur_target >= 0", re.I)
 _NONFINITE = re.compile(r"\bnan\b|\binf\b|non-?finite", re.I)
 _OOM = re.compile(r"out of memory|can't allocate memory|DefaultCPUAllocator", re.I)
+_NO_GRAPH = re.compile(r"does not require grad and does not have a grad_fn", re.I)
 
 
 def crash_findings(error: BaseException, seen: Seen) -> list[Finding]:
     """What a crash proves: targets out of the classes (from the captured loss call), a NaN/Inf (the
-    first module that makes one, on the last batch), or an out-of-memory error (what to change)."""
+    first module that makes one, on the last batch), an out-of-memory error (what to change), DDP's
+    unused parameters, or a loss no parameter reaches (the model called under ``torch.no_grad()``)."""
     text = str(error)
     if isinstance(error, torch.OutOfMemoryError) or _OOM.search(text):
         return [_oom_finding(error, seen)]
     unused = unused_parameters_finding(error, seen)
     if unused is not None:
         return [unused]
+    if _NO_GRAPH.search(text):
+        return [_no_graph_finding(error, seen)]
     if _NONFINITE.search(text) and seen.model_call is not None:
         return _nonfinite_findings(seen)
     call = seen.loss_call
@@ -287,6 +291,21 @@ def _nonfinite_findings(seen: Seen) -> list[Finding]:
     report = check(model, batch, forward=forward, loss_fn=loss_fn_of(seen.loss_call) if not call.returns_loss
                    else None, probes=["nan-forward"])
     return [f for f in report.findings if f.id == "nan-forward"]
+
+
+def _no_graph_finding(error: BaseException, seen: Seen) -> Finding:
+    """``loss.backward()`` on a tensor no parameter reaches: the model ran under ``torch.no_grad()`` (the
+    line, when a training-mode call was seen there) or its output was cut from the graph."""
+    no_grad = seen.lines.get("model_no_grad")
+    cause = (f"the model was called under torch.no_grad() ({no_grad.short()})" if no_grad is not None else
+             "the model's output was cut from the graph (`.detach()`, `.item()`, `.numpy()`, or a new tensor "
+             "built from its values)")
+    return Finding(
+        "no-grad-params", "error",
+        f"loss.backward() failed: the loss reaches no trainable parameter, because {cause}",
+        {"error": str(error).strip().splitlines()[0][:200], "model_called_under_no_grad": no_grad is not None},
+        "Run the training forward with gradients: call the model outside `torch.no_grad()` (keep no_grad for "
+        "evaluation) and compute the loss from its output tensor, not from `.item()`/`.detach()`.")
 
 
 def _oom_finding(error: BaseException, seen: Seen) -> Finding:
