@@ -199,3 +199,37 @@ def test_causal_attention_over_the_batch_axis_is_mixing(batch_first):
 
     report = run(SeqFirstCausalLM(batch_first), x, loss_fn=loss)
     assert report.ids == ([] if batch_first else ["batch-mixing"])
+
+
+class TinyViT(nn.Module):
+    """A vision transformer: patches, a CLS token, an encoder, the CLS output to a head."""
+
+    def __init__(self, batch_first: bool):
+        super().__init__()
+        self.patch = nn.Conv2d(3, 16, 4, 4)
+        self.cls = nn.Parameter(torch.zeros(1, 1, 16))
+        self.pos = nn.Parameter(torch.randn(1, 5, 16) * 0.02)
+        layer = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=batch_first)
+        self.enc = nn.TransformerEncoder(layer, 1, enable_nested_tensor=False)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x):
+        t = self.patch(x).flatten(2).transpose(1, 2)
+        t = torch.cat([self.cls.expand(len(x), -1, -1), t], 1) + self.pos
+        return self.head(self.enc(t)[:, 0])
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_a_vit_left_at_batch_first_false_reads_a_token_that_carries_no_input(batch_first):
+    """(B, T, E) into a seq-first encoder, then the CLS output ``[:, 0]``: for every sample that is the CLS
+    token of sample 0's position across the batch, which no image reaches: the output is blind."""
+    torch.manual_seed(0)
+    x, y = torch.randn(8, 3, 8, 8), torch.arange(8) % 3
+    report = traindoc.check(TinyViT(batch_first), (x, y), forward=lambda m, b: m(b[0]),
+                            loss_fn=lambda out, b: nn.functional.cross_entropy(out, b[1]))
+    if batch_first:
+        assert "batch-mixing" not in report
+    else:
+        (f,) = report.get("batch-mixing")
+        assert f.severity == "error" and f.evidence["own_max_abs_grad"] == 0.0
+        assert "batch_first=False" in f.evidence["attention_over_batch_axis"][0]

@@ -3,7 +3,9 @@
 The main pass keeps every input embedding (and float input) as a point autograd can differentiate
 against. In eval mode, with a random projection ``r`` so that no symmetry hides a dependency:
 
-- ``batch-mixing``: d (out[i] . r) / d input[j] must be exactly 0 for every sample j != i; for an
+- ``batch-mixing``: d (out[i] . r) / d input[j] must be exactly 0 for every sample j != i (and when
+  out[i] depends on none of sample i's own inputs while seq-first attention layers receive the
+  batch on dim 0, the attention runs across the batch and the output is blind to its input); for an
   output that is a (B, B) matrix over pairs of samples by design (in-batch contrastive similarities),
   row i may depend on every sample of one stream (the columns') and column i on every sample of the
   other: a stream mixes samples only when both row i and column i depend on its other samples (one
@@ -89,7 +91,7 @@ def batch_mixing(ctx: ProbeContext) -> list[Finding]:
         by_column = {lk["input"] for lk in _cross_sample(column)[0]}
         leaks = [lk for lk in leaks if lk["input"] in by_column]
     if not leaks:
-        return []
+        return _blind_through_batch_axis(ctx, sg, own)
     calls = _mha_batch_axis_calls(ctx)
     evidence: dict[str, Any] = {
         "sample": i,
@@ -119,6 +121,32 @@ def batch_mixing(ctx: ProbeContext) -> list[Finding]:
         f"Sample {i}'s output depends on sample {lk['other_sample']}'s {lk['input']} (|grad| up to "
         f"{lk['max_abs_grad']:.3g}; must be exactly 0)" + (" — attention runs across the batch" if calls else ""),
         evidence=evidence, fix=fix)]
+
+
+def _blind_through_batch_axis(ctx: ProbeContext, sg: Any, own: float) -> list[Finding]:
+    """Sample i's output depends on none of its own inputs (exactly 0) while transformer layers with
+    ``batch_first=False`` receive ``(B, ...)`` tensors: attention runs across the batch and the output is
+    read where it carries no input at all (an encoder's token 0 read for every sample: the CLS tokens
+    of all samples, which are equal). Without such an attention call, a zero dependency is left to the
+    ``no-grad-params`` hint (a zero-initialised head does it too)."""
+    B = ctx.setup.batch_size
+    if own != 0.0 or not any(g is not None for g in sg.grads):
+        return []
+    calls = [a for a in ctx.main.attention
+             if not a.batch_first and len(a.query_shape) == 3 and a.query_shape[0] == B and a.query_shape[1] != B]
+    if not calls:
+        return []
+    return [Finding(
+        "batch-mixing", "error",
+        f"Sample {sg.i}'s output depends on none of its own inputs (every gradient exactly 0): the transformer "
+        f"layers (batch_first=False) receive ({B}, ...) tensors and attend across the batch",
+        {"sample": sg.i, "own_max_abs_grad": own, "batch_size": B,
+         "attention_over_batch_axis": [
+             f"{a.module} (batch_first=False) received query of shape {list(a.query_shape)}: it attends over "
+             f"dim 0 = your batch of {B}" for a in calls[:6]]},
+        "Build the transformer layers with batch_first=True, e.g. `nn.TransformerEncoderLayer(..., "
+        "batch_first=True)`, and keep (B, T, E) inputs; or transpose to (T, B, E) before the encoder and back "
+        "after it.")]
 
 
 def _is_causal_mask(mask: torch.Tensor | None, T: int) -> bool:
