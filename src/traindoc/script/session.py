@@ -388,6 +388,7 @@ class Session:
             started = self._first_step(optimizer)
         except Exception as e:  # traindoc's own failure: reported, the script goes on
             self.failures.append(internal_failure("traindoc run (first optimizer step)", f"{type(e).__name__}: {e}"))
+            self._tries = START_TRIES  # tried once and failed: not at every step again
             return
         if not started:
             if not after_step:
