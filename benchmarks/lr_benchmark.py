@@ -103,6 +103,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from monitor_overhead import TinyGPT  # the same decoder-only transformer (run as benchmarks/lr_benchmark.py)
 
 from traindoc.experiments import tune_lr
 
@@ -144,25 +145,6 @@ def chitchat_messages() -> list[str]:
     return [m["text"] for key in data for turn in data[key]["messages"] for m in turn]
 
 
-class CharGPT(nn.Module):
-    """A decoder-only transformer: token + position embeddings, pre-norm causal blocks, LM head."""
-
-    def __init__(self, vocab: int, d: int = 64, layers: int = 2, heads: int = 2, block: int = 64):
-        super().__init__()
-        self.tok = nn.Embedding(vocab, d)
-        self.pos = nn.Embedding(block, d)
-        layer = nn.TransformerEncoderLayer(d, heads, 4 * d, dropout=0.0, batch_first=True, norm_first=True)
-        self.blocks = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
-        self.norm = nn.LayerNorm(d)
-        self.head = nn.Linear(d, vocab)
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        t = ids.shape[1]
-        mask = nn.Transformer.generate_square_subsequent_mask(t)
-        h = self.tok(ids) + self.pos(torch.arange(t))
-        return self.head(self.norm(self.blocks(h, mask=mask, is_causal=True)))
-
-
 def _ce(out: torch.Tensor, batch: Batch) -> torch.Tensor:
     return F.cross_entropy(out.reshape(-1, out.shape[-1]), batch[1].reshape(-1))
 
@@ -189,8 +171,8 @@ def char_lm_task(steps: int, messages: list[str], chars: int, batch: int = 16, b
         window = torch.stack([data[i:i + block + 1] for i in starts.tolist()])
         batches.append((window[:, :-1].contiguous(), window[:, 1:].contiguous()))
     torch.manual_seed(0)
-    model = CharGPT(len(vocab), block=block)
-    return Task("char-lm", f"CharGPT 2 layers d=64 2 heads T={block} B={batch}, {len(s) // 1000}k chars of chitchat, "
+    model = TinyGPT(len(vocab), d=64, layers=2, heads=2, max_len=block)
+    return Task("char-lm", f"TinyGPT 2 layers d=64 2 heads T={block} B={batch}, {len(s) // 1000}k chars of chitchat, "
                            f"vocab {len(vocab)}", model, batches, _call, _ce, (1e-5, 1e-1))
 
 

@@ -45,12 +45,16 @@ class ScriptPlan:
         self._base_lr: float | None = None
         self.findings: list[dict[str, Any]] = []
         """The doctor's findings on the script (from the first trial that ran it), with their lines."""
+        self.lines: dict[str, dict[str, Any]] | None = None
+        """Where an experiment's finding on the script points, by id, as the first trial located it (the
+        line of the setting itself: ``lr=`` in the optimizer's construction, ``learning_rate=`` in a
+        Hugging Face Trainer's arguments)."""
 
     # ------------------------------------------------------------------ one trial
     def run(self, setting: Setting, *, bounded: bool = True) -> Curve:
         """One trial; ``bounded=False`` lets the script run to its own end (its planned length)."""
         self._count += 1
-        return self._record(setting, *self.execute(self._count, setting, bounded=bounded))
+        return self._record(*self.execute(self._count, setting, bounded=bounded))
 
     def execute(self, index: int, setting: Setting, *, bounded: bool = True) -> tuple[Curve, dict[str, Any]]:
         """Trial number ``index`` in a process of its own: its curve and its ``traindoc run`` JSON. Touches
@@ -85,13 +89,15 @@ class ScriptPlan:
                         for v in (info.get("trial") or {}).get("scores") or []]
         return curve, data
 
-    def _record(self, setting: Setting, curve: Curve, data: dict[str, Any]) -> Curve:
-        """Keep what the first trials tell about the script: the doctor's findings, the base LR."""
+    def _record(self, curve: Curve, data: dict[str, Any]) -> Curve:
+        """Keep what the first trials tell about the script: the doctor's findings, the base LR, the lines."""
         info = data.get("info", {})
         if not self.findings:
             self.findings = [f for f in data.get("findings", []) if f["id"] != "probe-failed"]
         if self._base_lr is None and isinstance(info.get("lr"), (int, float)):
             self._base_lr = float(info["lr"])
+        if self.lines is None:
+            self.lines = (info.get("trial") or {}).get("lines") or {}
         return curve
 
     @staticmethod
@@ -132,7 +138,7 @@ class ScriptPlan:
 
             with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
                 results = list(pool.map(one, zip(indices, settings, strict=True)))
-        return [self._record(s, *r) for s, r in zip(settings, results, strict=True)]
+        return [self._record(*r) for r in results]
 
     # ------------------------------------------------------------------ what the experiments ask
     @property
@@ -190,19 +196,8 @@ def script_experiment(kind: str, script: str | os.PathLike[str], args: Sequence[
     else:
         result = overfit_experiment(plan, steps=max_steps or 200, lr=lr)
     result.info.update({"script": str(script), "trial_runs": plan._count, "trials_directory": str(plan.workdir)})
-    result.locations = [f.evidence.pop("location", None) or _location(plan, f.id) for f in result.findings]
+    result.locations = [f.evidence.pop("location", None) or (plan.lines or {}).get(f.id) for f in result.findings]
     if kind == "overfit":
         result.info["doctor"] = [{"id": f["id"], "severity": f["severity"], "message": f["message"]}
                                  for f in plan.findings]
     return result
-
-
-def _location(plan: ScriptPlan, finding_id: str) -> dict[str, Any] | None:
-    """The script's line for a finding of an experiment, as the first trial located it (the line of the
-    setting itself: ``lr=`` in the optimizer's construction, ``learning_rate=`` in a Hugging Face
-    Trainer's arguments)."""
-    info_path = plan.workdir / "trial-001" / "findings.json"
-    if not info_path.is_file():
-        return None
-    trial = json.loads(info_path.read_text()).get("info", {}).get("trial") or {}
-    return (trial.get("lines") or {}).get(finding_id)

@@ -102,9 +102,7 @@ def _make_wrapper(original: Callable[..., torch.Tensor]) -> Callable[..., torch.
             norms, total = prepared
             assert ORIGINAL_CLIP_WITH_NORM is not None  # `_fast_norms` returns None without it
             ORIGINAL_CLIP_WITH_NORM(params, max_norm, total, foreach)
-        for listener in listeners:
-            with contextlib.suppress(Exception):  # listeners guard themselves; last line of defence
-                listener(params, norms, total, max_norm)
+        _notify(listeners, params, norms, total, max_norm)
         return total
 
     clip_grad_norm_.__traindoc_wrapper__ = True  # type: ignore[attr-defined]
@@ -121,13 +119,19 @@ def _make_with_norm_wrapper(original: Callable[..., None]) -> Callable[..., None
         params = [parameters] if isinstance(parameters, torch.Tensor) else list(parameters)
         original(params, max_norm, total_norm, foreach)
         total = total_norm if isinstance(total_norm, torch.Tensor) else torch.tensor(float(total_norm))
-        for listener in listeners:
-            with contextlib.suppress(Exception):  # listeners guard themselves; last line of defence
-                listener(params, None, total, max_norm)
+        _notify(listeners, params, None, total, max_norm)
         return None
 
     clip_grads_with_norm_.__traindoc_wrapper__ = True  # type: ignore[attr-defined]
     return clip_grads_with_norm_
+
+
+def _notify(listeners: list[ClipListener], params: list[torch.Tensor], norms: torch.Tensor | None,
+            total: torch.Tensor, max_norm: Any) -> None:
+    """Hand a clipping to every listener; one that raises does not stop the others or the user's clip."""
+    for listener in listeners:
+        with contextlib.suppress(Exception):  # listeners guard themselves; last line of defence
+            listener(params, norms, total, max_norm)
 
 
 def _notify_error(listeners: list[ClipListener], text: str) -> None:

@@ -371,7 +371,13 @@ class Session:
             return
         if self._waiting:  # optimizer.step(closure): the closure called the model inside the step
             self._start(optimizer, after_step=True)
-        diverged = self.trial is not None and self.trial.after_step(optimizer, self.steps, self._schedulers())
+        diverged = False
+        if self.trial is not None:  # this hook is not contained by the capture (it raises StopScript): contain it here
+            try:
+                diverged = self.trial.after_step(optimizer, self.steps, self._schedulers())
+            except Exception as e:
+                self.failures.append(internal_failure("traindoc run (trial setting after the step)",
+                                                      f"{type(e).__name__}: {e}"))
         self.steps += 1
         if diverged or (self.max_steps is not None and self.steps >= self.max_steps):
             raise StopScript()
