@@ -233,3 +233,60 @@ def test_a_vit_left_at_batch_first_false_reads_a_token_that_carries_no_input(bat
         (f,) = report.get("batch-mixing")
         assert f.severity == "error" and f.evidence["own_max_abs_grad"] == 0.0
         assert "batch_first=False" in f.evidence["attention_over_batch_axis"][0]
+
+
+class SeqFirstRNNLM(nn.Module):
+    """PyTorch's word-language-model example in small: an nn.RNN left at batch_first=False, called with
+    the hidden state, returning (logits, hidden)."""
+
+    def __init__(self, vocab: int = 30):
+        super().__init__()
+        self.emb = nn.Embedding(vocab, 16)
+        self.rnn = nn.RNN(16, 16)
+        self.head = nn.Linear(16, vocab)
+
+    def forward(self, ids, hidden):
+        out, hidden = self.rnn(self.emb(ids), hidden)
+        return self.head(out), hidden
+
+
+@pytest.mark.parametrize("time_major", [True, False])
+def test_a_seq_first_rnn_fed_time_by_batch_is_not_mixing_but_fed_batch_by_time_is(time_major):
+    """(T, B) ids with targets shifted along dim 0 (PyTorch's word-language-model example): dim 0 is time,
+    and the recurrence along it is not samples mixing. The same RNN fed (B, T) rows (targets shifted
+    along dim 1) runs its recurrence across the batch."""
+    text = torch.randint(0, 30, (13, 8))  # 8 streams of 13 characters, laid out (T, B)
+    rows = text if time_major else text.T.contiguous()
+    ids, targets = (rows[:-1], rows[1:]) if time_major else (rows[:, :-1], rows[:, 1:])
+    hidden = torch.zeros(1, ids.shape[1], 16)
+
+    def loss_fn(out, batch):
+        return nn.functional.cross_entropy(out[0].reshape(-1, 30), targets.reshape(-1))
+
+    report = run(SeqFirstRNNLM(), (ids, hidden), forward=lambda m, b: m(*b), loss_fn=loss_fn)
+    assert ("batch-mixing" in report.ids) == (not time_major), report.findings
+
+
+class EmptyAwarePool(nn.Module):
+    """Mean-pools the real tokens; a row with none (an empty document) pools its pads, by design."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(50, 8)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, input_ids, attention_mask, labels=None):
+        w = attention_mask.float()
+        w = torch.where(w.sum(1, keepdim=True) > 0, w, torch.ones_like(w))
+        pooled = (self.emb(input_ids) * w.unsqueeze(-1)).sum(1) / w.sum(1, keepdim=True)
+        logits = self.head(pooled)
+        return {"loss": nn.functional.cross_entropy(logits, labels), "logits": logits}
+
+
+def test_an_empty_row_that_reads_its_pads_is_not_a_padding_leak():
+    batch = lm_batch()
+    batch["input_ids"][3] = 0
+    batch["attention_mask"][3] = 0
+    batch["labels"] = torch.tensor([0, 1, 2, 1])
+    report = run(EmptyAwarePool(), batch)
+    assert "padding-leak" not in report.ids, report.findings

@@ -9,6 +9,8 @@ from __future__ import annotations
 import random
 import statistics
 
+import pytest
+
 from traindoc.monitor.detectors import (
     AggressiveClippingDetector,
     LossPlateauDetector,
@@ -177,3 +179,24 @@ def test_memory_stays_bounded_on_a_long_run():
 
     small, large = retained(1_000), retained(10_000)
     assert large < small + 64 * 1024, (small, large)  # a list of 9k more floats alone is ~290 KB
+
+
+@pytest.mark.parametrize("loss_falls", [False, True])
+def test_weights_that_grow_while_the_loss_falls_tenfold_are_fitted_not_inflated(loss_falls):
+    """lr-too-high by inflation: weight norms 15x their first value after large steps. With the loss
+    stuck it is a random walk; with the loss 100x lower the weights were fitted to large targets (a
+    regression onto values ~10 from a small init)."""
+    from traindoc.monitor.detectors import LearningRateDetector
+
+    det = LearningRateDetector()
+    found = []
+    for i in range(60):
+        layers = i % 5 == 0
+        grow = 1 + 14 * i / 59
+        loss = 100.0 * (0.9 ** i if loss_falls else 1.0)
+        found += det.update(StepRecord(
+            step=i, loss=loss, lr=[0.1],
+            layer_weight_norm={"w": 0.5 * grow, "b": 0.3 * grow} if layers else None,
+            layer_update_ratio={"w": 0.05, "b": 0.05} if layers else None))
+    ids = [f.id for f in found]
+    assert ids == ([] if loss_falls else ["lr-too-high"]), found

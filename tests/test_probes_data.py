@@ -31,6 +31,9 @@ from data_models import (
     tiny_gpt2,
     unshifted_loss,
 )
+from data_models import (
+    V as VOCAB,
+)
 
 DATA = ["label-out-of-range", "pad-equals-eos", "padding-in-loss", "labels-not-shifted", "class-imbalance",
         "data-view"]
@@ -551,3 +554,48 @@ def test_decoded_classification_labels_use_id2label(bert_tok):
 def test_no_tokenizer_no_samples():
     report = data_check(TinyGRULM(), lm_batch(), loss_fn=shifted_masked_loss)
     assert "samples" not in report.info
+
+
+# ------------------------------------------------- padding-in-loss with the pad id the model declares
+class _PaddedCharLM(torch.nn.Module):
+    """A character LM whose embedding declares its pad id (``padding_idx``): no tokenizer, no config."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = torch.nn.Embedding(VOCAB, 8, padding_idx=PAD)
+        self.rnn = torch.nn.GRU(8, 8, batch_first=True)
+        self.head = torch.nn.Linear(8, VOCAB)
+
+    def forward(self, ids):
+        return self.head(self.rnn(self.emb(ids))[0])
+
+
+@pytest.mark.parametrize("ignore_pad", [False, True])
+def test_the_embeddings_padding_idx_is_the_pad_id_when_nothing_else_names_one(ignore_pad):
+    ids = lm_batch()["input_ids"]
+    ignore = PAD if ignore_pad else -100
+
+    def loss_fn(out, b):
+        return F.cross_entropy(out[:, :-1].reshape(-1, VOCAB), b[:, 1:].reshape(-1), ignore_index=ignore)
+
+    report = data_check(_PaddedCharLM(), ids, loss_fn=loss_fn)
+    if ignore_pad:  # the healthy twin: the pads are ignored
+        assert data_ids(report) == set(), report.findings
+        return
+    [f] = report.get("padding-in-loss")
+    assert f.evidence["pad_targets_in_loss"] == int((ids[:, 1:] == PAD).sum())
+    assert f.evidence["padding_from"] == f"runs of the pad id {PAD}"
+
+
+def test_class_weights_in_the_loss_answer_the_imbalance():
+    torch.manual_seed(0)
+    x = torch.randn(64, 8)
+    y = torch.zeros(64, dtype=torch.long)
+    y[:3] = 1
+    model = torch.nn.Linear(8, 2)
+    plain = data_check(model, (x, y), forward=lambda m, b: m(b[0]),
+                       loss_fn=lambda out, b: F.cross_entropy(out, b[1]))
+    assert "class-imbalance" in plain.ids
+    weighted = data_check(model, (x, y), forward=lambda m, b: m(b[0]),
+                          loss_fn=lambda out, b: F.cross_entropy(out, b[1], weight=torch.tensor([0.1, 1.0])))
+    assert "class-imbalance" not in weighted.ids

@@ -364,12 +364,18 @@ class Setup:
         return cfg is not None and hasattr(cfg, "model_type") and callable(getattr(cfg, "to_dict", None))
 
     def special_id(self, name: str) -> int | None:
-        """``pad_token_id`` / ``eos_token_id`` / ``bos_token_id`` from the tokenizer, else the HF config."""
+        """``pad_token_id`` / ``eos_token_id`` / ``bos_token_id`` from the tokenizer, else the HF config;
+        a pad id also from the model itself: the ``padding_idx`` its embeddings declare (when they agree)."""
         for source in (self.tokenizer, self.config, getattr(self.config, "generation_config", None)):
             value = getattr(source, name, None) if source is not None else None
             if isinstance(value, (list, tuple)) and value:
                 value = value[0]
             if isinstance(value, int) and not isinstance(value, bool):
                 return value
+        if name == "pad_token_id":
+            declared = {m.padding_idx for m in self.model.modules()
+                        if isinstance(m, torch.nn.Embedding) and m.padding_idx is not None}
+            if len(declared) == 1:
+                return declared.pop()
         return None
 

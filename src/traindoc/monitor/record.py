@@ -102,3 +102,8 @@ class RunEnd:
     unmoved_outside_numel: int = 0
     unmoved_with_grad: list[str] = field(default_factory=list)
     """Of those, the ones holding a non-zero gradient at close (the loss reaches them)."""
+    added_outside: list[str] = field(default_factory=list)
+    """Trainable parameters the model gained after the watch started (a head replaced mid-run) that no
+    open watch's optimizer holds at close."""
+    added_with_grad: list[str] = field(default_factory=list)
+    """Of those, the ones holding a non-zero gradient at close."""

@@ -107,13 +107,18 @@ def _without_grad(fn: Callable[..., None]) -> Callable[..., None]:
 class BatchFingerprint:
     """A device scalar that is equal for equal batches and, in practice, different for different ones:
     a strided sample of at most ``samples`` values of each of the batch's tensors, concatenated, dotted
-    with fixed pseudo-random weights (so the position of a value counts). Two or three device ops per
-    batch (concatenate, convert, dot); no sync.
+    with fixed pseudo-random weights (so the position of a value counts). Non-finite values (a float
+    attention mask's ``-inf``) count as small finite ones, so that one of them does not make every
+    fingerprint ``-inf`` and every batch look the same. A few device ops per batch (concatenate,
+    convert, clean, dot); no sync.
 
     >>> fp = BatchFingerprint()
     >>> a, b = {"x": torch.arange(12).view(3, 4)}, {"x": torch.arange(12).view(3, 4).flip(0)}
     >>> bool(fp(a) == fp({"x": torch.arange(12).view(3, 4)})), bool(fp(a) == fp(b))
     (True, False)
+    >>> mask = torch.triu(torch.full((4, 4), float("-inf")), 1)
+    >>> bool(fp({**a, "mask": mask}) == fp({**b, "mask": mask}))
+    False
     """
 
     def __init__(self, samples: int = FINGERPRINT_SAMPLES):
@@ -140,7 +145,7 @@ class BatchFingerprint:
         device = parts[0].device
         if any(p.device != device for p in parts):
             parts = [p.to(device) for p in parts]
-        values = torch.cat(parts).to(torch.float32)  # cat promotes mixed dtypes
+        values = torch.nan_to_num(torch.cat(parts).to(torch.float32), nan=1.5, posinf=2.5, neginf=-2.5)
         return torch.dot(values, self._w(device, values.numel()))
 
 

@@ -165,6 +165,9 @@ class Watch:
         detectors = list(detectors) if detectors is not None else default_detectors(**(detector_options or {}))
 
         self._findings: list[Finding] = []
+        self.found_at: dict[tuple[str, str], int] = {}
+        """(id, title) of each finding raised -> the optimizer steps seen when it was raised (the step
+        count at the flush that judged it, or at close): how long the run went before traindoc knew."""
         hist_layers = layout.histogram_layers(histogram_layers) if histograms_every else []
         if histogram_samples is None:
             histogram_samples = (DEFAULT_HISTOGRAM_SAMPLES_CUDA if layout.device.type == "cuda"
@@ -343,6 +346,7 @@ class Watch:
 
     def _add_finding(self, finding: Finding, step: int | None) -> None:
         self._findings.append(finding)
+        self.found_at.setdefault((finding.id, finding.title), self.recorder.step)
         self.writer.append("findings", {"step": step, **finding.to_dict()})
         if not self.quiet:
             print(finding_line(finding, step), file=sys.stderr, flush=True)
@@ -415,13 +419,27 @@ class Watch:
         """What moved over the run: the parameters outside the optimizer, fingerprinted again."""
         steps = self.recorder.step
         outside = self.layout.outside
+        added = self._added_outside() if steps else []
+        added_grad = [n for n, p in added if p.grad is not None and bool(p.grad.abs().sum() > 0)]
         if self._outside_start is None or steps == 0:
-            return RunEnd(steps=steps)
+            return RunEnd(steps=steps, added_outside=[n for n, _ in added], added_with_grad=added_grad)
         same = self._outside_unchanged()
         stuck = [(n, p) for (n, p), unchanged in zip(outside, same, strict=True) if unchanged]
         with_grad = [n for n, p in stuck if p.grad is not None and bool(p.grad.abs().sum() > 0)]
         return RunEnd(steps=steps, unmoved_outside=[n for n, _ in stuck],
-                      unmoved_outside_numel=sum(p.numel() for _, p in stuck), unmoved_with_grad=with_grad)
+                      unmoved_outside_numel=sum(p.numel() for _, p in stuck), unmoved_with_grad=with_grad,
+                      added_outside=[n for n, _ in added], added_with_grad=added_grad)
+
+    def _added_outside(self) -> list[tuple[str, torch.Tensor]]:
+        """Trainable parameters the model gained since the start that no open watch's optimizer holds."""
+        known = {id(p) for p in self.layout.params} | {id(p) for _, p in self.layout.outside}
+        held: set[int] = set()
+        for ref in [weakref.ref(self), *_OPEN.values()]:
+            w = ref()
+            if w is not None and (w is self or not w.closed):
+                held.update(id(p) for g in w.optimizer.param_groups for p in g["params"])
+        return [(n, p) for n, p in self.model.named_parameters()
+                if p.requires_grad and id(p) not in known and id(p) not in held]
 
     def _info(self) -> dict[str, Any]:
         layout, c = self.layout, self._counts

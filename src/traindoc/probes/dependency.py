@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from traindoc.findings import Finding
-from traindoc.probes.context import ProbeContext, projection
+from traindoc.probes.context import ProbeContext, projection, sequence_relation
 from traindoc.probes.main_pass import AttentionCall
 from traindoc.probes.tokens import is_binary
 
@@ -73,10 +73,31 @@ def _mha_batch_axis_calls(ctx: ProbeContext) -> list[AttentionCall]:
             and a.query_shape[1] != B and a.query_shape[1] in lengths]
 
 
+def _time_major(ctx: ProbeContext) -> bool:
+    """The batch is laid out (T, B), as seq-first recurrent models take it (PyTorch's word-language-model
+    example): the model has an RNN/LSTM/GRU left at ``batch_first=False`` and the loss's targets are
+    the token ids shifted by one along dim 0. Dim 0 is then time, and dependence along it is the
+    recurrence, not samples mixing. (A (B, T) batch fed to the same RNN has its targets shifted along
+    dim 1: that one is judged.)"""
+    if not any(isinstance(m, torch.nn.RNNBase) and not m.batch_first for m in ctx.setup.model.modules()):
+        return False
+    lt = ctx.loss_targets
+    if lt is None:
+        return False
+    for s in ctx.token_streams:
+        ids = s.ids
+        if ids is None or ids.dim() != 2 or ids.shape[0] < 2 or lt.target.numel() != ids.numel():
+            continue
+        target = lt.target.reshape(ids.shape)
+        if sequence_relation(target.T.cpu(), ids.T.cpu(), ctx.ignore_index) == "shifted":
+            return True
+    return False
+
+
 def batch_mixing(ctx: ProbeContext) -> list[Finding]:
     """Does sample i's output depend on other samples' inputs? (ids: batch-mixing)"""
     B = ctx.setup.batch_size
-    if B < 2:
+    if B < 2 or _time_major(ctx):
         return []
     sg = ctx.sample_dependency
     if sg is None:
@@ -321,8 +342,9 @@ def padding_leak(ctx: ProbeContext) -> list[Finding]:
                 weight = (out_real.real.to(out.device, out.dtype) if out_real is not None
                           else torch.ones(out.shape[:2], dtype=out.dtype, device=out.device))
                 r = projection(out.shape, out) * weight.view(*weight.shape, *([1] * (out.dim() - 2)))
-            else:
-                r = projection(out.shape, out)
+            else:  # one output per sample: only samples with a real token count (an empty one reads its pads)
+                has_real = torch.stack([padding[s.name].real.any(1) for s in streams]).any(0)
+                r = projection(out.shape, out) * has_real.to(out.device, out.dtype).view(-1, *([1] * (out.dim() - 1)))
             scalar = (out.float() * r.float()).sum()
             grads = ctx.grad(scalar, [s.value for s in streams])
             leaks = []

@@ -250,6 +250,8 @@ def class_imbalance(ctx: ProbeContext) -> list[Finding]:
     threshold = 0.8 if ctx.task[0] == "token-classification" else imbalance_threshold(C)
     if n < _MIN_LABELS_FOR_IMBALANCE or share < threshold:
         return []
+    if any(call.weight is not None for call in ctx.main.loss_calls):
+        return []  # the loss weighs the classes: the imbalance is already being answered
     loss = ctx.main.loss
     loss_now = float(loss.detach()) if loss is not None and bool(torch.isfinite(loss.detach())) else None
     return [Finding(

@@ -7,6 +7,8 @@ every probe.
    padding) is padding; a pad id that starts *every* row is a start token (T5's
    ``decoder_start_token_id``, a chatbot's EOS used as BOS), not padding; with pad == eos, the first
    id of a trailing run is the real EOS that ends the sequence. Not ``proved``: inferred from ids.
+   A tensor that holds nothing but the pad id is not padded text (BERT's default all-zero
+   ``token_type_ids`` when the pad id is 0): it marks no padding.
 
     >>> ids = torch.tensor([[5, 6, 2, 2], [5, 2, 2, 2]])
     >>> real_tokens(ids, None, pad=2, eos=2).real.tolist()
@@ -14,6 +16,8 @@ every probe.
     >>> rt = real_tokens(ids, torch.tensor([[1, 1, 0, 0], [1, 0, 0, 0]]), pad=2, eos=2, mask_name="attention_mask")
     >>> rt.real.tolist(), rt.proved, rt.source
     ([[True, True, False, False], [True, False, False, False]], True, 'attention_mask')
+    >>> real_tokens(torch.zeros(2, 4, dtype=torch.long), None, pad=0, eos=2) is None  # segment ids, not pads
+    True
 """
 
 from __future__ import annotations
@@ -65,6 +69,8 @@ def real_tokens(ids: torch.Tensor, mask: torch.Tensor | None, *, pad: int | None
     if pad is None:
         return None
     is_pad = ids.detach().cpu() == pad
+    if bool(is_pad.all()):
+        return None
     trailing = torch.flip(torch.cumprod(torch.flip(is_pad, [1]).int(), 1), [1]).bool()
     leading = torch.cumprod(is_pad.int(), 1).bool()
     if bool(is_pad[:, 0].all()):

@@ -12,10 +12,14 @@
 * a wrapper of ``torch.Tensor.backward``: the tensor backpropagated (the loss) and its line; a loss
   divided by an integer for gradient accumulation, or multiplied by an AMP scaler, is recorded as it
   was before;
+* the line where each attention module (``nn.Transformer``, its encoders, decoders and layers,
+  ``nn.MultiheadAttention``) is first called from the script, and where
+  ``F.scaled_dot_product_attention`` first is: where a mask is passed or forgotten;
 * wrappers of the constructors of the optimizers, LR schedulers, DataLoaders, the transformer
   layers (``nn.Transformer``, its encoder/decoder layers, ``nn.MultiheadAttention``),
   DistributedDataParallel and DistributedSampler, and of ``LRScheduler.step``: where each was created
   or called; a DistributedSampler's epoch each time its iteration starts;
+* a listener of the gradient clipping calls (`traindoc.monitor.clip_patch`): the line of the first;
 * global optimizer step pre- and post-hooks (``torch.optim.optimizer``): every optimizer step.
 
 Each wrapper records references and a line only (no copy, no device op), calls the original, and is
@@ -38,6 +42,7 @@ from torch import nn
 from torch.nn.modules import module as module_hooks
 from torch.optim import optimizer as optimizer_hooks
 
+from traindoc.monitor.clip_patch import add_clip_listener
 from traindoc.script.frames import Location, user_location
 from traindoc.setup import output_loss
 
@@ -46,6 +51,8 @@ LOSS_FUNCTIONS = ("cross_entropy", "nll_loss", "binary_cross_entropy", "binary_c
 """The ``torch.nn.functional`` losses whose calls are recorded (input, target, options)."""
 
 TRANSFORMER_LAYERS = (nn.Transformer, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer, nn.MultiheadAttention)
+ATTENTION_MODULES = (*TRANSFORMER_LAYERS, nn.TransformerEncoder, nn.TransformerDecoder)
+DECODERS = (nn.Transformer, nn.TransformerDecoder, nn.TransformerDecoderLayer)
 
 
 @dataclass
@@ -67,8 +74,9 @@ class LossCall:
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
     location: Location | None
-    output: Any = None
-    """A weak reference to the loss the call returned."""
+    output: torch.Tensor | None = None
+    """The loss the call returned (held, like ``input``, until the next loss call: a framework may keep
+    only ``loss / k`` of it, so a weak reference would die before the backward)."""
 
 
 @dataclass
@@ -85,8 +93,23 @@ class Seen:
     lines: dict[str, Location] = field(default_factory=dict)
     """The first user line of: "model" (its call), "loss", "backward", "step", "scheduler_step",
     "sampler_iter" (where a DistributedSampler's iteration started: the ``for`` over its DataLoader),
-    "model_no_grad" (a call of a model in training mode under ``torch.no_grad()``)."""
+    "model_no_grad" (a call of a model in training mode under ``torch.no_grad()``), "clip" (the first
+    gradient clipping call)."""
     sampler_epochs: dict[int, tuple[Any, list[int]]] = field(default_factory=dict)
+    attention_calls: list[tuple[str, Location]] = field(default_factory=list)
+    """(class name, the script's line) of each attention module's first call, and of the first
+    ``F.scaled_dot_product_attention`` call ("scaled_dot_product_attention"), in call order."""
+    _attention_seen: set[int] = field(default_factory=set)
+
+    def attention_line(self, *, decoder: bool) -> Location | None:
+        """Where the script calls its attention: the first decoder (``nn.Transformer``, a decoder or
+        decoder layer) when ``decoder`` and one was called, else the first attention call."""
+        if decoder:
+            names = {c.__name__ for c in DECODERS}
+            for name, loc in self.attention_calls:
+                if name in names:
+                    return loc
+        return self.attention_calls[0][1] if self.attention_calls else None
     """Each DistributedSampler iterated: a weak reference and its epoch at each iteration's start."""
 
     def first_line(self, kind: str) -> Location | None:
@@ -112,6 +135,7 @@ class Capture:
         self._on_step, self._on_step_end = on_step, on_step_end
         self._on_backward, self._on_batch = on_backward, on_batch
         self._paused = 0
+        self._sdpa_seen = False
         self._depth = 0
         self._pending: tuple[nn.Module, Location | None] | None = None
         self._undo: list[Callable[[], None]] = []
@@ -151,11 +175,14 @@ class Capture:
                 self._losses[name] = (original, wrapper)
                 self._patch(F, name, wrapper)
         self._patch(torch.Tensor, "backward", self._backward_wrapper(torch.Tensor.backward))
+        self._patch(F, "scaled_dot_product_attention", self._sdpa_wrapper(F.scaled_dot_product_attention))
+        self._undo.append(add_clip_listener(self._clipped))
         self._patch_init(torch.optim.Optimizer, "optimizer")
         self._patch_init(torch.optim.lr_scheduler.LRScheduler, "scheduler")
         self._patch_init(torch.utils.data.DataLoader, "dataloader")
         for cls in TRANSFORMER_LAYERS:
             self._patch_init(cls, "transformer")
+        self._patch_init(nn.Softmax, "softmax")
         self._patch(torch.optim.lr_scheduler.LRScheduler, "step",
                     self._line_wrapper("scheduler_step", torch.optim.lr_scheduler.LRScheduler.step))
         self._patch(torch.amp.GradScaler, "scale", self._scale_wrapper(torch.amp.GradScaler.scale))
@@ -235,12 +262,31 @@ class Capture:
 
     def _enter_call(self, module: nn.Module) -> None:
         self._depth += 1
+        if isinstance(module, ATTENTION_MODULES):
+            self._attention_called(module, type(module).__name__)
         if self._depth == 1:
             self._pending = (module, self._where())
 
-    def _forward_post(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
-        if not self._paused:
-            self._contained("forward hook", self._leave_call, module, args, kwargs, output)
+    def _attention_called(self, key: Any, name: str) -> None:
+        seen = self.seen
+        if id(key) not in seen._attention_seen:
+            seen._attention_seen.add(id(key))
+            where = self._where()
+            if where is not None:
+                seen.attention_calls.append((name, where))
+
+    def _forward_post(self, module: nn.Module, args: tuple[Any, ...], *rest: Any) -> None:
+        if self._paused:
+            return
+        if len(rest) == 2:  # (kwargs, output)
+            self._contained("forward hook", self._leave_call, module, args, rest[0], rest[1])
+        else:  # the forward raised: torch calls an always-call hook without the kwargs (torch 2.13)
+            self._contained("forward hook", self._left_by_exception, module)
+
+    def _left_by_exception(self, module: nn.Module) -> None:
+        self._depth = max(0, self._depth - 1)
+        if self._depth == 0 and self._pending is not None and self._pending[0] is module:
+            self._pending = None
 
     def _leave_call(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
         self._depth = max(0, self._depth - 1)
@@ -291,11 +337,27 @@ class Capture:
                 capture._contained("loss function", capture._loss_called, call)
                 out = original(input, target, *args, **kwargs)
                 if isinstance(out, torch.Tensor):
-                    call.output = weakref.ref(out)
+                    call.output = out
                 return out
             return original(input, target, *args, **kwargs)
 
         return loss
+
+    def _clipped(self, *_: Any) -> None:
+        if not self._paused and "clip" not in self.seen.lines:  # the first clipping call's line only
+            self._contained("clip line", self._line, "clip")
+
+    def _sdpa_wrapper(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        capture = self
+
+        @functools.wraps(original)
+        def scaled_dot_product_attention(*args: Any, **kwargs: Any) -> Any:
+            if not capture._paused and not capture._sdpa_seen:  # the first call's line only
+                capture._sdpa_seen = True
+                capture._contained("attention", capture._attention_called, original, "scaled_dot_product_attention")
+            return original(*args, **kwargs)
+
+        return scaled_dot_product_attention
 
     def _backward_wrapper(self, original: Callable[..., Any]) -> Callable[..., Any]:
         capture = self
@@ -330,7 +392,7 @@ class Capture:
             root = root.next_functions[0][0] if root is not None and root.next_functions else root
             tensor = tensor.detach() * divisor
         call = seen.loss_call
-        last = call.output() if call is not None and call.output is not None else None
+        last = call.output if call is not None else None
         seen.loss_is_last_call = last is not None and (last is tensor or last.grad_fn is root)
         seen.loss = tensor
         recorded.append(tensor)
@@ -394,9 +456,10 @@ class Capture:
 
 
 def _accumulation_divisor(loss: torch.Tensor) -> float | None:
-    """``k`` when ``loss`` is another scalar divided by a Python integer ``k >= 2`` (how Accelerate's
+    """``k`` when ``loss`` is another scalar divided by a Python integer ``k >= 1`` (how Accelerate's
     ``backward``, the Hugging Face Trainer and hand-written loops scale a micro-batch's loss for
-    gradient accumulation); None otherwise. Read from the autograd node: the divisor is kept there
+    gradient accumulation; Lightning divides by its accumulation count even when it is 1); None
+    otherwise. Read from the autograd node: the divisor is kept there
     as a CPU number, so reading it waits for no device."""
     fn = loss.grad_fn
     if fn is None or type(fn).__name__ != "DivBackward0":
@@ -407,7 +470,7 @@ def _accumulation_divisor(loss: torch.Tensor) -> float | None:
         return None  # a tensor divisor (a token count): that division is the loss's own mean
     # (a Python number is kept as a 0-d int64/float64 CPU tensor; a float32 or device tensor was the user's)
     k = float(other)
-    return k if k >= 2 and k.is_integer() else None
+    return k if k >= 1 and k.is_integer() else None
 
 
 def _ref(obj: Any) -> Any:

@@ -81,12 +81,29 @@ def ddp_type() -> type | None:
 
 
 def wrapper_of(model: torch.nn.Module, seen: Seen) -> torch.nn.Module | None:
-    """The DistributedDataParallel wrapper the script built around ``model``, if any."""
+    """The DistributedDataParallel wrapper the script built around ``model`` (or around a module that holds
+    it: a loop calling ``ddp.module.encoder(x)`` trains a part of the wrapped model), if any."""
     for ref, _ in seen.created.get("ddp", []):
         wrapper = ref()
-        if wrapper is not None and getattr(wrapper, "module", None) is model:
+        inner = getattr(wrapper, "module", None) if wrapper is not None else None
+        if isinstance(inner, torch.nn.Module) and any(m is model for m in inner.modules()):
             return wrapper
     return None
+
+
+def declared_unused(findings: list[Finding], wrapper: torch.nn.Module | None) -> list[Finding]:
+    """A model wrapped with ``DistributedDataParallel(find_unused_parameters=True)``: the script declared
+    that some parameters get no gradient in a step, so ``no-grad-params`` for parameters the loss does
+    not reach is a hint (what is unused), not an error."""
+    if wrapper is None or not getattr(wrapper, "find_unused_parameters", False):
+        return findings
+    out = []
+    for f in findings:
+        if f.id == "no-grad-params" and f.severity == "error" and str(f.evidence.get("gradient", "")).startswith("None"):
+            f = Finding(f.id, "hint", f.title + " (declared: DistributedDataParallel(find_unused_parameters=True))",
+                        {**f.evidence, "declared_by": "find_unused_parameters=True"}, f.fix)
+        out.append(f)
+    return out
 
 
 def parameter_prints(model: torch.nn.Module) -> dict[str, list[float]]:

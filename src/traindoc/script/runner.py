@@ -9,10 +9,11 @@ first frame) before traindoc's diagnosis.
 The JSON written with ``--json`` is a contract (``version`` 1)::
 
     {"version": 1, "ok": bool, "exit_code": int, "script": str, "stopped_at_max_steps": bool,
-     "findings": [{"id", "severity", "message", "evidence", "fix", "location"}], "info": {...}}
+     "findings": [{"id", "severity", "message", "evidence", "fix", "location", "step"}], "info": {...}}
 
 ``ok`` is true when no finding is an error; ``location`` is ``{"file", "line", "function", "code"}``
-(the user's line to change) or null; under torchrun, ``info`` also holds ``rank``, ``world_size`` and
+(the user's line to change) or null; ``step`` is the number of optimizer steps the script had taken
+when traindoc had the finding (0: the one-batch doctor proved it before the first update); under torchrun, ``info`` also holds ``rank``, ``world_size`` and
 ``ranks_gathered``, and a finding only another rank proved carries ``evidence["rank"]``; each finding also carries ``title`` (the same text as
 ``message``), so that the dict is a `traindoc.findings.Report` too (the run directory's report.json).
 """
@@ -50,6 +51,8 @@ class ScriptRun:
     rank: int = 0
     world: int = 1
     gather: Gather | None = None
+    found_at: dict[tuple[str, str], int] | None = None
+    """(id, title) -> optimizer steps taken when traindoc had the finding (`Session.found_at`)."""
 
     def release(self) -> None:
         """Under torchrun: rank 0 has reported (the other ranks may exit); another rank waits for that."""
@@ -64,7 +67,8 @@ class ScriptRun:
         for f, loc in zip(self.report.findings, self.locations, strict=True):
             findings.append({"id": f.id, "severity": f.severity, "message": f.title, "title": f.title,
                              "evidence": jsonable(f.evidence), "fix": f.fix,
-                             "location": loc.to_dict() if loc is not None else None})
+                             "location": loc.to_dict() if loc is not None else None,
+                             "step": (self.found_at or {}).get((f.id, f.title))})
         return {"version": JSON_VERSION, "ok": not any(f.severity == "error" for f in self.report.findings),
                 "exit_code": self.exit_code, "script": self.script, "stopped_at_max_steps": self.stopped,
                 "findings": findings, "info": jsonable(self.report.info)}
@@ -140,7 +144,7 @@ def run_script(script: str | os.PathLike[str], args: list[str], *, max_steps: in
         if trial_run is not None:
             trial_run.remove()
     report, locations = session.finish(error)
-    run = ScriptRun(report, locations, code, stopped, str(path), rank, world)
+    run = ScriptRun(report, locations, code, stopped, str(path), rank, world, found_at=session.found_at)
     if world > 1:
         _gather(run, session, crashed=error is not None)
     return run
@@ -176,3 +180,5 @@ def _gather(run: ScriptRun, session: Session, *, crashed: bool) -> None:
                                             "their own run directories, and the cross-rank checks left them out")
     run.report = Report(findings_0, info)
     run.locations = [located[id(f)] for f in run.report.findings]
+    # what only the gathering proved (cross-rank, other ranks' findings) was known at the end
+    run.found_at = {(f.id, f.title): session.steps for f in findings_0} | (run.found_at or {})

@@ -37,6 +37,7 @@ from traindoc.script.distributed import (
     RankMeasures,
     accelerate_state,
     bypass_finding,
+    declared_unused,
     parameter_prints,
     set_epoch_findings,
     unused_parameters_finding,
@@ -84,13 +85,13 @@ LINE_OF: dict[str, tuple[str, ...]] = {
     "class-imbalance": ("created:dataloader", "loss"),
     "loss-at-chance": ("loss", "model"),
     "init-loss-mismatch": ("loss", "model"),
-    "double-softmax": ("loss", "model"),
+    "double-softmax": ("created:softmax", "loss", "model"),  # the nn.Softmax layer, else the loss call
     "nll-without-log-softmax": ("loss", "model"),
     "loss-broadcast": ("loss", "model"),
     "nan-loss": ("loss", "model"),
     "batch-mixing": ("created:transformer", "model"),
-    "causal-leak": ("created:transformer", "model"),
-    "padding-leak": ("created:transformer", "model"),
+    "causal-leak": ("attention:decoder", "created:transformer", "model"),  # where the mask is passed or forgotten
+    "padding-leak": ("attention", "created:transformer", "model"),
     "nan-forward": ("model",),
     "no-grad-params": ("model", "model_no_grad", "created:optimizer"),
     "oom-risk": ("model",),
@@ -105,7 +106,7 @@ LINE_OF: dict[str, tuple[str, ...]] = {
     "vanishing-gradients": ("created:optimizer", "model"),
     "exploding-gradients": ("created:optimizer", "step"),
     "stalled-layers": ("created:optimizer",),
-    "aggressive-clipping": ("step", "created:optimizer"),
+    "aggressive-clipping": ("clip", "step", "created:optimizer"),
     "missing-zero-grad": ("step", "backward"),
     "scheduler-misuse": ("scheduler_step", "created:scheduler"),
     "grad-accum-normalization": ("backward", "loss"),
@@ -147,9 +148,13 @@ def location_of(finding: Finding, seen: Seen, optimizer: Any = None) -> Location
     kinds = LINE_OF.get(finding.id, ())
     if finding.id == "ddp-same-data" and finding.evidence.get("wrapped_by") == "accelerate":
         kinds = ("created:ddp", *kinds)  # the accelerator.prepare(...) call the DataLoader is missing from
+    if finding.id == "double-softmax" and not finding.evidence.get("softmax_modules"):
+        kinds = kinds[1:]  # a softmax computed in forward (F.softmax), not by an nn.Softmax layer
     for kind in kinds:
         if kind.startswith("created:"):
             loc = seen.created_line(kind[8:], optimizer if kind == "created:optimizer" else None)
+        elif kind.startswith("attention"):
+            loc = seen.attention_line(decoder=kind == "attention:decoder")
         else:
             loc = seen.first_line(kind)
         if loc is not None:
@@ -351,6 +356,11 @@ class Session:
         self.trial = trial
         """An experiment's trial (`traindoc.script.trial`): its setting applied to the watched optimizer."""
         self.base_lr: float | None = None
+        self.doctor_step = 0
+        self.found_at: dict[tuple[str, str], int] = {}
+        """(id, title) -> optimizer steps the script had taken when traindoc had the finding (filled by
+        `finish`): the doctor's at the step it ran, the monitor's at the flush that raised them, the
+        rest (a crash, what is judged at the end) at the last step."""
 
     # ------------------------------------------------------------------ events
     def _on_step(self, optimizer: torch.optim.Optimizer) -> None:
@@ -443,6 +453,7 @@ class Session:
         # a model that returns its loss (output.loss, (logits, loss)): `check` finds it in the output; a
         # loss that is not the last loss call alone (a sum of terms) is not replayed from that call
         loss_fn = None if call.returns_loss or not seen.loss_is_last_call else loss_fn_of(seen.loss_call)
+        self.doctor_step = self.steps
         with self.capture.paused():
             try:
                 try:
@@ -457,6 +468,9 @@ class Session:
                                       "not the output reshaped): the doctor's loss probes were skipped")
             except Exception as e:  # an input the doctor cannot take: say so, go on with the watch
                 self.notes.append(f"the one-batch doctor could not run: {type(e).__name__}: {e}")
+        if self.check_report is not None:
+            self.check_report = Report(declared_unused(self.check_report.findings, wrapper_of(model, seen)),
+                                       self.check_report.info)
         self.watch = watch(model, optimizer, run_dir=self.run_dir, quiet=self.quiet)
         if seen.loss is not None:
             self.watch.log(loss=seen.loss)
@@ -479,12 +493,14 @@ class Session:
             info["check"] = self.check_report.info
         if self.bypassed is not None:
             findings.append(self.bypassed)
+        found_at = {(f.id, f.title): self.doctor_step for f in findings}
         findings += set_epoch_findings(self.capture.seen)
         if self.watch is not None:
             watched = self.watch.close()
             proved = {f.id for f in findings if f.severity == "error"}  # the doctor's, on the first batch
             confirmed = sorted({f.id for f in watched.findings if f.id in proved})
             findings += [f for f in watched.findings if f.id not in proved]
+            found_at = {**self.watch.found_at, **found_at}
             info["watch"] = watched.info
             if confirmed:
                 info["also_found_by_the_monitor"] = confirmed
@@ -528,6 +544,7 @@ class Session:
         if self.trial is not None:  # where an experiment's findings on this script would point
             info["trial"]["lines"] = {fid: loc.to_dict() for fid in EXPERIMENT_IDS
                                       if (loc := self.locate(Finding(fid, "hint", "", {}, ""))) is not None}
+        self.found_at = {(f.id, f.title): found_at.get((f.id, f.title), self.steps) for f in unique}
         report = Report(unique, info)  # sorted by severity: the lines follow its order
         locations = [self.locate(f) for f in report.findings]
         if any(f.id in ("nan-forward", "nan-loss") for f in report.findings):

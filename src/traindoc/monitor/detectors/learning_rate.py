@@ -25,7 +25,10 @@ value once the window is full).
     after large steps (median ratio > 1e-2 at some sample). An Adam-like optimiser moves every
     weight by ~lr per step, so at a far too high LR the weights random-walk to many times their
     initial norm, after which the *ratio* looks small again; healthy training changes weight norms
-    by a small factor.
+    by a small factor. Not when the loss has fallen below ``learned`` = 10% of its value at the first
+    step, before any update (the median of the last 5 finite losses against the first): weights that grow while the loss falls
+    tenfold are being fitted to targets larger than their initial scale (a regression onto values
+    ~10), not random-walking.
 
 Each id is reported once, with the step where the streak began, the ratios, the thresholds and the
 loss medians. The fix names the LR to try: for ``lr-too-low``, the current one scaled by how far
@@ -35,6 +38,8 @@ When the steps accumulate several backward passes, an ``lr-too-high`` fix says f
 """
 
 from __future__ import annotations
+
+from collections import deque
 
 from traindoc.findings import Finding
 from traindoc.monitor.detectors.base import (
@@ -55,7 +60,7 @@ class LearningRateDetector(Detector):
     def __init__(self, low_ratio: float = 1e-5, high_ratio: float = 1e-1, rising_ratio: float = 1e-2,
                  rising: float = 0.5, min_samples: int = 5, min_steps: int = 50, high_samples: int = 3,
                  high_min_steps: int = 5, min_progress: float = 0.01, near_peak: float = 0.5,
-                 loss_window: int = 50, inflation: float = 10.0):
+                 loss_window: int = 50, inflation: float = 10.0, learned: float = 0.1):
         self.low_ratio = low_ratio
         self.high_ratio = high_ratio
         self.rising_ratio = rising_ratio
@@ -68,6 +73,9 @@ class LearningRateDetector(Detector):
         self.near_peak = near_peak
         self.loss = RollingWindow(loss_window)
         self.inflation = inflation
+        self.learned = learned
+        self._first_loss: float | None = None
+        self._recent_losses: deque[float] = deque(maxlen=5)
         self._first_weight: dict[str, float] = {}
         self._seen_large = False
         self._max_ratio = 0.0
@@ -86,6 +94,9 @@ class LearningRateDetector(Detector):
         loss_median = None
         if finite(record.loss):
             self.loss.push(record.loss)  # type: ignore[arg-type]
+            if self._first_loss is None:
+                self._first_loss = record.loss
+            self._recent_losses.append(record.loss)  # type: ignore[arg-type]
         if len(self.loss):
             loss_median = self.loss.median()
             if self.loss.full and (self._best_loss is None or loss_median < self._best_loss):
@@ -170,10 +181,15 @@ class LearningRateDetector(Detector):
         inflation = median(growth.values())
         if inflation <= self.inflation:
             return []
+        first_loss = self._first_loss
+        now = median(self._recent_losses) if self._recent_losses else None
+        if first_loss is not None and now is not None and first_loss > 0 and now < self.learned * first_loss:
+            return []  # the weights grew while the loss fell tenfold: fitted, not inflated
         self._fired.add("lr-too-high")
         evidence = {"step": record.step, "value": inflation, "threshold": self.inflation,
                     "window": len(self._first_weight), "lr": lr, "weight_norm_growth": growth,
-                    "max_median_update_ratio": self._max_ratio, "reason": "weights inflated by large updates"}
+                    "max_median_update_ratio": self._max_ratio, "reason": "weights inflated by large updates",
+                    "first_loss_median": first_loss, "loss_median": now}
         return [make_finding(
             "lr-too-high", "warning",
             f"LR too high: the weight norms grew {inflation:.3g}x under updates of up to "

@@ -17,6 +17,11 @@ every watch of the run exists. Two claims, each made when it becomes true:
   own run. This replaces the start warning (withdrawn, so the final `Report` says it once); if the
   warned parameters moved after all, the warning is withdrawn and nothing is reported.
 
+* at close (severity warning): parameters the model gained after the start (a head replaced after
+  the first training phase, with the old optimizer kept) that no open watch's optimizer holds
+  (`RunEnd.added_outside`). Not fingerprinted at the start, so not proved unmoved: an unwatched
+  optimizer could train them.
+
 The evidence lists the stuck parameters and their modules, how many values they hold, and (at
 close) which of them hold a non-zero gradient (the loss reaches them; only the optimizer is missing).
 
@@ -28,6 +33,8 @@ close) which of them hold a non-zero gradient (the loss reaches them; only the o
     [('params-not-in-optimizer', 'error')]
     >>> [f.severity for f in d.take_withdrawn()]
     ['warning']
+    >>> [(f.id, f.severity) for f in ParamsOutsideOptimizerDetector().finalize(RunEnd(steps=9, added_outside=["fc.weight"]))]
+    [('params-not-in-optimizer', 'warning')]
 """
 
 from __future__ import annotations
@@ -92,11 +99,12 @@ class ParamsOutsideOptimizerDetector(Detector):
     def finalize(self, end: RunEnd | None = None) -> list[Finding]:
         if end is None or end.steps == 0:
             return []
+        found = self._added(end)
         stuck = [n for n in end.unmoved_outside if n not in self._held]
         if self._early is not None:
             self.withdraw(self._early)  # replaced by the proof below, or proved wrong: they moved
         if not stuck:
-            return []
+            return found
         modules = _modules(stuck)
         with_grad = [n for n in end.unmoved_with_grad if n not in self._held]
         evidence = {"step": end.steps, "value": len(stuck), "threshold": 0, "window": end.steps,
@@ -109,4 +117,22 @@ class ParamsOutsideOptimizerDetector(Detector):
             "params-not-in-optimizer", "error",
             f"{len(stuck)} trainable parameter(s) in {shown} are in no param group and never moved in "
             f"{end.steps} steps" + (f" although {len(with_grad)} receive gradients" if with_grad else ""),
-            evidence, _fix(modules, stuck))]
+            evidence, _fix(modules, stuck))] + found
+
+    def _added(self, end: RunEnd) -> list[Finding]:
+        added = end.added_outside
+        if not added:
+            return []
+        modules = _modules(added)
+        shown = ", ".join(modules[:3]) + ("..." if len(modules) > 3 else "")
+        evidence = {"step": end.steps, "value": len(added), "threshold": 0, "window": end.steps,
+                    "modules": modules[:20], "parameters": added[:50], "count": len(added),
+                    "receiving_gradients": end.added_with_grad[:50], "proved": False,
+                    "added_after_start": True}
+        return [make_finding(
+            "params-not-in-optimizer", "warning",
+            f"{len(added)} trainable parameter(s) in {shown} were added to the model after the optimizer was "
+            "built (a module replaced during the run) and are in no param group"
+            + (f"; {len(end.added_with_grad)} receive gradients" if end.added_with_grad else "")
+            + ": no watched optimizer updates them",
+            evidence, _fix(modules, added))]

@@ -1,0 +1,133 @@
+"""Score traindoc (and the peer tools) on the gallery of real training bugs.
+
+    python -m benchmarks.gallery                          # every case: traindoc and the installed peers
+    python -m benchmarks.gallery model/ loss/double       # the cases whose name contains one of these
+    python -m benchmarks.gallery --tools traindoc         # traindoc alone
+    python -m benchmarks.gallery --json results.json --doc docs/benchmark.md
+
+Each case's buggy script and its healthy twin run once per tool, each in its own process with one
+thread, ``--jobs`` at a time (default 2). The output is the summary table (per tool: recall of the
+expected ids, bugs fully diagnosed, false errors on the healthy twins, median optimizer steps until
+the bug was known, how often the named line is the bug's line, wall time), then one row per case,
+then traindoc's misses. ``--doc`` rewrites the generated part of that Markdown file (between
+``<!-- gallery:begin -->`` and ``<!-- gallery:end -->``); ``--json`` keeps every score.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import re
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from datetime import date
+from pathlib import Path
+
+import torch
+from benchmarks.gallery.case import Case, all_cases
+from benchmarks.gallery.runs import run_traindoc
+from benchmarks.gallery.score import CaseScore, Outcome, Reported, score_case, totals
+from benchmarks.gallery.table import case_table, misses, summary_table
+
+import traindoc
+
+BEGIN, END = "<!-- gallery:begin -->", "<!-- gallery:end -->"
+
+
+def _peers() -> dict:
+    try:
+        from benchmarks.gallery.peers import PEERS
+    except ImportError as e:  # the peers' packages are benchmark-only dependencies
+        print(f"peers not available ({e}); install benchmarks/requirements-peers.txt", file=sys.stderr)
+        return {}
+    return dict(PEERS)
+
+
+def _peer_runner(peer) -> Callable[[Case, bool], Outcome]:
+    def run(case: Case, fixed: bool) -> Outcome:
+        t0 = time.perf_counter()
+        try:
+            r = peer.run(case.path, fixed, case.run_options, 180.0)
+        except Exception as e:  # the adapter's own failure: the peer is scored as not run on this case
+            return Outcome(peer.name, [], time.perf_counter() - t0, f"adapter failed: {type(e).__name__}: {e}")
+        return Outcome(peer.name, [Reported(i, "flag", r.line, r.step) for i in r.ids], r.wall_s, r.error)
+    return run
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.gallery", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("select", nargs="*", help="run only the cases whose name contains one of these")
+    parser.add_argument("--tools", help="comma-separated: traindoc and peer names (default: traindoc and every "
+                                        "installed peer)")
+    parser.add_argument("--jobs", type=int, default=2, help="runs at a time (default 2)")
+    parser.add_argument("--json", type=Path, help="write every score and the totals to this file")
+    parser.add_argument("--doc", type=Path, help="rewrite the generated tables in this Markdown file")
+    args = parser.parse_args(argv)
+
+    cases = [c for c in all_cases() if not args.select or any(s in c.name for s in args.select)]
+    if not cases:
+        print("no case matches " + " ".join(args.select), file=sys.stderr)
+        return 2
+    peers = _peers()
+    runners: dict[str, Callable[[Case, bool], Outcome]] = {
+        "traindoc": lambda case, fixed: run_traindoc(case, fixed=fixed)}
+    versions = {"traindoc": traindoc.__version__}
+    for name, peer in peers.items():
+        runners[name] = _peer_runner(peer)
+        versions[name] = getattr(peer, "version", "")
+    tools = list(runners) if not args.tools else [t.strip() for t in args.tools.split(",")]
+    unknown = [t for t in tools if t not in runners]
+    if unknown:
+        print(f"unknown or unavailable tools: {', '.join(unknown)} (have: {', '.join(runners)})", file=sys.stderr)
+        return 2
+
+    t0 = time.perf_counter()
+    outcomes: dict[tuple[str, str, bool], Outcome] = {}
+    jobs = [(tool, case, fixed) for case in cases for tool in tools for fixed in (False, True)]
+    with ThreadPoolExecutor(max(1, args.jobs)) as pool:
+        futures = {pool.submit(runners[tool], case, fixed): (tool, case, fixed) for tool, case, fixed in jobs}
+        for done, fut in enumerate(as_completed(futures), 1):
+            tool, case, fixed = futures[fut]
+            out = outcomes[(tool, case.name, fixed)] = fut.result()
+            said = ", ".join(sorted({r.id for r in out.reported})) or out.error[:80] or "nothing"
+            print(f"[{done}/{len(jobs)}] {tool:>14} {case.name}{' --fixed' if fixed else ''}: {said} "
+                  f"({out.wall_s:.0f} s)", file=sys.stderr, flush=True)
+    wall = time.perf_counter() - t0
+
+    scores: dict[str, dict[str, CaseScore]] = {
+        tool: {c.name: score_case(c, outcomes[(tool, c.name, False)], outcomes[(tool, c.name, True)])
+               for c in cases} for tool in tools}
+    all_totals = {tool: totals(list(scores[tool].values())) for tool in tools}
+    header = (f"{len(cases)} cases, each a buggy script and its healthy twin; {date.today().isoformat()}; "
+              f"torch {torch.__version__}, Python {platform.python_version()}, {platform.machine()}; "
+              f"{args.jobs} runs at a time, one thread each; {wall / 60:.1f} min in all")
+    summary = summary_table(all_totals, versions)
+    table = case_table(cases, scores, tools)
+    missed = misses(cases, scores.get("traindoc", {}))
+    print(header + "\n\n" + summary + "\n\n" + table + "\n")
+    if "traindoc" in scores:
+        print("traindoc's misses, wrong lines and false errors:\n" + ("\n".join(missed) or "none"))
+    if args.json:
+        args.json.write_text(json.dumps({
+            "header": header, "versions": versions,
+            "totals": {t: v.to_dict() for t, v in all_totals.items()},
+            "scores": {t: {n: s.to_dict() for n, s in v.items()} for t, v in scores.items()}}, indent=1))
+    if args.doc:
+        generated = "\n\n".join([header, summary, table, "traindoc's misses, wrong lines and false errors, as "
+                                 "scored:\n\n" + ("\n".join(missed) or "none")])
+        text = args.doc.read_text()
+        if BEGIN not in text or END not in text:
+            print(f"{args.doc} has no {BEGIN} ... {END} section to rewrite", file=sys.stderr)
+            return 2
+        text = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: f"{BEGIN}\n{generated}\n{END}", text,
+                      flags=re.S)
+        args.doc.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
