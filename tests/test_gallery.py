@@ -56,7 +56,7 @@ def test_a_case_scores_its_line_step_and_the_twins_false_errors():
     wrong_line = Outcome("traindoc", [Reported("batch-mixing", "error", line + 1, 0)], 1.0)
     noisy_twin = Outcome("traindoc", [Reported("causal-leak", "error", 3, 0), Reported("probe-failed", "hint")], 1.0)
     s = score_case(case, wrong_line, noisy_twin)
-    assert s.detected and s.line_ok is False and s.twin_errors == ["causal-leak"] and s.twin_other == []
+    assert s.detected and s.line_ok is False and s.twin_errors == ["causal-leak"] and s.twin_hints == []
     missed = score_case(case, Outcome("traindoc", [Reported("loss-plateau", "warning", line, 50)], 1.0),
                         Outcome("traindoc", [], 1.0))
     assert not missed.detected and missed.found == 0 and missed.line_ok is None and missed.step is None

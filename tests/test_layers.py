@@ -48,7 +48,7 @@ LEVELS: list[tuple[str, list[str]]] = [
     # an experiment's trial: what it changes, and the numbers read off its curve
     ("experiments: trials", ["experiments.measures", "experiments.trial"]),
     ("script runs: capture", ["script", "script.frames", "script.capture", "script.trial"]),
-    ("script runs: across ranks", ["script.distributed", "script.ranks"]),
+    ("script runs: judged at the end", ["script.distributed", "script.ranks", "script.schedules"]),
     ("script runs: the session", ["script.session", "script.runner"]),
     # the experiments, on copies from Python and on trial runs of a script
     ("experiments", ["experiments", "experiments.*"]),

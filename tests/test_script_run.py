@@ -74,6 +74,24 @@ def test_batch_first_left_false_is_found_at_the_transformer_line(tmp_path):
     assert "Line to change" in page and f"seq2seq.py:{f['location']['line']}" in page
 
 
+def test_a_model_trained_in_eval_mode_from_the_start_is_still_diagnosed(tmp_path):
+    """No call in training mode ever: the model called in eval mode with gradients on, whose parameters
+    the optimizer holds, is the one diagnosed (after a few steps), and the monitor says it is in eval mode."""
+    code, data = run(tmp_path, "classify.py", "eval")
+    assert code == 0 and "check" in data["info"] and data["info"]["model"] == "Sequential"
+    (f,) = [f for f in data["findings"] if f["id"] == "train-mode-off"]
+    assert f["severity"] == "warning" and f["step"] < data["info"]["optimizer_steps"]
+    _, healthy = run(tmp_path / "healthy", "classify.py")
+    assert healthy["findings"] == []
+
+
+def test_a_decoder_without_its_causal_mask_is_named_where_the_transformer_is_called(tmp_path):
+    _, data = run(tmp_path, "seq2seq.py", "nomask")
+    (f,) = [f for f in data["findings"] if f["id"] == "causal-leak"]
+    # the call that must pass tgt_mask, not the constructor (which takes no mask)
+    assert f["location"]["line"] == line_of("seq2seq.py", "h = self.tf(") and f["step"] == 0
+
+
 def test_max_steps_stops_the_script_cleanly_and_still_reports(tmp_path, capsys):
     code, data = run(tmp_path, "classify.py", "nozero", extra=("--max-steps", "5"))
     assert code == 0 and data["stopped_at_max_steps"] and data["info"]["optimizer_steps"] == 5
@@ -185,3 +203,31 @@ def test_an_out_of_memory_crash_says_what_to_change_and_other_errors_do_not():
     (f,) = crash_findings(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), seen)
     assert f.id == "oom-risk" and f.evidence["batch_shapes"] == {"batch": [3, 4]} and "batch size" in f.fix
     assert crash_findings(ValueError("shapes do not match"), seen) == []
+
+
+def test_a_per_step_schedule_stepped_per_epoch_is_scheduler_misuse_at_its_step_line(tmp_path):
+    script = tmp_path / "onecycle.py"
+    script.write_text(
+        "import sys\nimport torch\n"
+        "torch.manual_seed(0)\n"
+        "model = torch.nn.Linear(4, 2)\n"
+        "opt = torch.optim.SGD(model.parameters(), lr=0.01)\n"
+        "sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.01, total_steps=5 * 20)\n"
+        "x, y = torch.randn(80, 4), torch.randint(0, 2, (80,))\n"
+        "for epoch in range(5):\n"
+        "    for i in range(0, 80, 4):\n"
+        "        loss = torch.nn.functional.cross_entropy(model(x[i:i + 4]), y[i:i + 4])\n"
+        "        opt.zero_grad()\n"
+        "        loss.backward()\n"
+        "        opt.step()\n"
+        "        if 'fixed' in sys.argv:\n"
+        "            sched.step()\n"
+        "    if 'fixed' not in sys.argv:\n"
+        "        sched.step()\n")
+    out = tmp_path / "f.json"
+    main(["run", str(script), "--run-dir", str(tmp_path / "run"), "--json", str(out)])
+    (f,) = [f for f in json.loads(out.read_text())["findings"] if f["id"] == "scheduler-misuse"]
+    assert f["evidence"]["planned_steps"] == 100 and f["evidence"]["scheduler_steps"] == 5
+    assert f["location"]["line"] == 17  # the per-epoch sched.step()
+    main(["run", str(script), "--run-dir", str(tmp_path / "run2"), "--json", str(out), "--", "fixed"])
+    assert json.loads(out.read_text())["findings"] == []

@@ -4,13 +4,16 @@
     python -m benchmarks.gallery model/ loss/double       # the cases whose name contains one of these
     python -m benchmarks.gallery --tools traindoc         # traindoc alone
     python -m benchmarks.gallery --json results.json --doc docs/benchmark.md
+    python -m benchmarks.gallery --tools traindoc --reuse peers.json --doc docs/benchmark.md
 
 Each case's buggy script and its healthy twin run once per tool, each in its own process with one
 thread, ``--jobs`` at a time (default 2). The output is the summary table (per tool: recall of the
 expected ids, bugs fully diagnosed, false errors on the healthy twins, median optimizer steps until
 the bug was known, how often the named line is the bug's line, wall time), then one row per case,
 then traindoc's misses. ``--doc`` rewrites the generated part of that Markdown file (between
-``<!-- gallery:begin -->`` and ``<!-- gallery:end -->``); ``--json`` keeps every score.
+``<!-- gallery:begin -->`` and ``<!-- gallery:end -->``); ``--json`` keeps every run's outcome and every
+score. ``--reuse FILE`` takes the runs a previous ``--json`` holds instead of running them again (the
+peers' runs do not change when traindoc does), and scores them with this run's.
 """
 
 from __future__ import annotations
@@ -66,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (default 2)")
     parser.add_argument("--json", type=Path, help="write every score and the totals to this file")
     parser.add_argument("--doc", type=Path, help="rewrite the generated tables in this Markdown file")
+    parser.add_argument("--reuse", type=Path, help="take the runs this earlier --json file holds instead of "
+                                                   "running them again")
     args = parser.parse_args(argv)
 
     cases = [c for c in all_cases() if not args.select or any(s in c.name for s in args.select)]
@@ -80,14 +85,36 @@ def main(argv: list[str] | None = None) -> int:
         runners[name] = _peer_runner(peer)
         versions[name] = getattr(peer, "version", "")
     tools = list(runners) if not args.tools else [t.strip() for t in args.tools.split(",")]
-    unknown = [t for t in tools if t not in runners]
+    reused: dict[tuple[str, str, bool], Outcome] = {}
+    versions_reused: dict[str, str] = {}
+    if args.reuse:
+        old = json.loads(args.reuse.read_text())
+        for o in old.get("outcomes", []):
+            reused[(o["tool"], o["case"], o["fixed"])] = Outcome(
+                o["tool"], [Reported(**r) for r in o["reported"]], o["wall_s"], o["error"], o.get("exit_code"))
+        versions_reused = old.get("versions", {})
+        tools += [t for t in dict.fromkeys(k[0] for k in reused) if t not in tools]
+        versions.update({t: v for t, v in versions_reused.items() if t not in versions})
+    unknown = [t for t in tools if t not in runners and not any(k[0] == t for k in reused)]
     if unknown:
         print(f"unknown or unavailable tools: {', '.join(unknown)} (have: {', '.join(runners)})", file=sys.stderr)
         return 2
 
     t0 = time.perf_counter()
     outcomes: dict[tuple[str, str, bool], Outcome] = {}
-    jobs = [(tool, case, fixed) for case in cases for tool in tools for fixed in (False, True)]
+    jobs = []
+    for case in cases:
+        for tool in tools:
+            for fixed in (False, True):
+                if (tool, case.name, fixed) in reused:
+                    outcomes[(tool, case.name, fixed)] = reused[(tool, case.name, fixed)]
+                elif tool in runners:
+                    jobs.append((tool, case, fixed))
+    missing = [(t, c.name) for c in cases for t in tools for f in (False, True)
+               if (t, c.name, f) not in outcomes and (t, c, f) not in jobs]
+    if missing:
+        print(f"no run to score for {missing[:3]}... (a reused tool that is not installed)", file=sys.stderr)
+        return 2
     with ThreadPoolExecutor(max(1, args.jobs)) as pool:
         futures = {pool.submit(runners[tool], case, fixed): (tool, case, fixed) for tool, case, fixed in jobs}
         for done, fut in enumerate(as_completed(futures), 1):
@@ -114,6 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps({
             "header": header, "versions": versions,
+            "outcomes": [{"tool": t, "case": n, "fixed": f, "reported": [vars(r) for r in o.reported],
+                          "wall_s": o.wall_s, "error": o.error, "exit_code": o.exit_code}
+                         for (t, n, f), o in sorted(outcomes.items())],
             "totals": {t: v.to_dict() for t, v in all_totals.items()},
             "scores": {t: {n: s.to_dict() for n, s in v.items()} for t, v in scores.items()}}, indent=1))
     if args.doc:

@@ -12,7 +12,8 @@ docstring is the header::
     \"\"\"
 
 The bug's line carries the comment ``# BUG`` (several lines may: the fix may go at any of them; for a
-missing call, the line where it belongs). ``Expect: none`` declares a case whose bug no diagnosis
+missing call, the line where it belongs). A line named by a tool is the bug's line when it is a
+marked line or another line of the same statement (a call written over several lines). ``Expect: none`` declares a case whose bug no diagnosis
 can prove and that only its twin's verdict scores (none are shipped).
 
     >>> import textwrap, tempfile, pathlib
@@ -32,6 +33,8 @@ can prove and that only its twin's verdict scores (none are shipped).
     >>> case = read_case(path)
     >>> case.name, case.expect, case.bug_lines
     ('optim/adam_lr', [('lr-too-high',), ('divergence', 'nan-loss')], [8])
+    >>> case.accepts(8), case.accepts(7)
+    (True, False)
 """
 
 from __future__ import annotations
@@ -63,6 +66,12 @@ class Case:
     """Each entry is satisfied when any of its alternative ids is reported."""
     bug_lines: list[int]
     run_options: list[str] = field(default_factory=list)
+    bug_spans: list[tuple[int, int]] = field(default_factory=list)
+    """The first and last line of the simple statement holding each ``# BUG`` line."""
+
+    def accepts(self, line: int | None) -> bool:
+        """Is ``line`` the bug's line: a marked line, or a line of the statement that holds one?"""
+        return line is not None and (line in self.bug_lines or any(a <= line <= b for a, b in self.bug_spans))
 
     @property
     def expected_ids(self) -> set[str]:
@@ -73,7 +82,8 @@ def read_case(path: Path) -> Case:
     """The case in ``path``, its header checked (`CaseError` says what is missing)."""
     path = Path(path).resolve()
     text = path.read_text()
-    doc = ast.get_docstring(ast.parse(text))
+    tree = ast.parse(text)
+    doc = ast.get_docstring(tree)
     if not doc:
         raise CaseError(f"{path}: no module docstring (the case's header)")
     title = doc.strip().splitlines()[0].strip()
@@ -97,7 +107,29 @@ def read_case(path: Path) -> Case:
         raise CaseError(f"{path}: the script never reads '{FIXED_FLAG}' (its healthy twin)")
     run = shlex.split(fields["Run"][0]) if fields.get("Run") else []
     category = path.parent.name
-    return Case(path, f"{category}/{path.stem}", category, title, sources, expect, bug_lines, run)
+    return Case(path, f"{category}/{path.stem}", category, title, sources, expect, bug_lines, run,
+                _statement_spans(tree, bug_lines))
+
+
+_COMPOUND = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.For, ast.AsyncFor, ast.While, ast.If,
+             ast.With, ast.AsyncWith, ast.Try, ast.Match)
+
+
+def _statement_spans(tree: ast.AST, lines: list[int]) -> list[tuple[int, int]]:
+    """For each line, the span of the innermost simple statement (not a def, loop or block) holding it."""
+    spans = []
+    for line in lines:
+        best: tuple[int, int] | None = None
+        for node in ast.walk(tree):
+            end = getattr(node, "end_lineno", None)
+            if not isinstance(node, ast.stmt) or isinstance(node, _COMPOUND) or end is None \
+                    or not node.lineno <= line <= end:
+                continue
+            if best is None or end - node.lineno < best[1] - best[0]:
+                best = (node.lineno, end)
+        if best is not None:
+            spans.append(best)
+    return spans
 
 
 def all_cases(root: Path = CASES) -> list[Case]:

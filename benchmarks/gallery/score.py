@@ -10,7 +10,8 @@ run of its buggy script and the run of its healthy twin:
   was found or the tool names no lines);
 - **step**: the earliest optimizer step at which an expected finding was known;
 - **false errors**: the ``error`` findings on the healthy twin (a tool without severities: every
-  problem it reports on the twin); warnings and hints on the twin are counted apart.
+  problem it reports on the twin); warnings and hints on the twin are counted apart (a hint such as
+  ``weight-decay-on-norms`` is usually true of a healthy script too).
 
     >>> from pathlib import Path
     >>> from benchmarks.gallery.case import Case
@@ -18,11 +19,11 @@ run of its buggy script and the run of its healthy twin:
     >>> bug = Outcome("traindoc", [Reported("batch-mixing", "error", 27, 0), Reported("weight-decay-on-norms", "hint", 39, 0)], 3.0)
     >>> twin = Outcome("traindoc", [Reported("weight-decay-on-norms", "hint", 39, 0)], 2.5)
     >>> s = score_case(case, bug, twin)
-    >>> (s.found, s.groups, s.line_ok, s.step, s.twin_errors, s.twin_other)
-    (1, 1, True, 0, [], ['weight-decay-on-norms'])
+    >>> (s.found, s.groups, s.line_ok, s.step, s.twin_errors, s.twin_warnings, s.twin_hints)
+    (1, 1, True, 0, [], [], ['weight-decay-on-norms'])
     >>> t = totals([s])
-    >>> (t.recall, t.detected, t.false_error_twins, t.median_step, t.lines_ok)
-    (1.0, 1, 0, 0, 1)
+    >>> (t.recall, t.detected, t.false_error_twins, t.warning_twins, t.hint_twins, t.median_step, t.lines_ok)
+    (1.0, 1, 0, 0, 1, 0, 1)
 """
 
 from __future__ import annotations
@@ -69,7 +70,8 @@ class CaseScore:
     line_ok: bool | None
     step: int | None
     twin_errors: list[str]
-    twin_other: list[str]
+    twin_warnings: list[str]
+    twin_hints: list[str]
     wall_bug: float
     wall_twin: float
     reported_bug: list[str] = field(default_factory=list)
@@ -100,14 +102,15 @@ def score_case(case: Case, bug: Outcome, twin: Outcome) -> CaseScore:
         steps += [r.step for r in hits if r.step is not None]
         named = [r for r in hits if r.line is not None]
         if named:
-            lines.append(any(r.line in case.bug_lines and (r.file is None or _same_file(r.file, case))
+            lines.append(any(case.accepts(r.line) and (r.file is None or _same_file(r.file, case))
                              for r in named))
     line_ok = None if not lines else any(lines)
     errors = sorted({r.id for r in twin.reported if _is_error(r)})
-    other = sorted({r.id for r in twin.reported if not _is_error(r) and r.id not in INTERNAL_IDS})
+    warnings = sorted({r.id for r in twin.reported if r.severity == "warning" and r.id not in INTERNAL_IDS})
+    hints = sorted({r.id for r in twin.reported if r.severity == "hint" and r.id not in INTERNAL_IDS})
     error = "; ".join(e for e in (bug.error, twin.error) if e)
     return CaseScore(case.name, bug.tool, len(case.expect), found, line_ok, min(steps) if steps else None,
-                     errors, other, bug.wall_s, twin.wall_s,
+                     errors, warnings, hints, bug.wall_s, twin.wall_s,
                      sorted({f"{r.id}:{r.severity}" for r in bug.reported}), error)
 
 
@@ -126,7 +129,8 @@ class Totals:
     found: int
     detected: int
     false_error_twins: int
-    other_finding_twins: int
+    warning_twins: int
+    hint_twins: int
     median_step: float | None
     lines_named: int
     lines_ok: int
@@ -147,6 +151,7 @@ def totals(scores: list[CaseScore]) -> Totals:
     named = [s for s in scores if s.line_ok is not None]
     return Totals(scores[0].tool if scores else "", len(scores), sum(s.groups for s in scores),
                   sum(s.found for s in scores), sum(s.detected for s in scores),
-                  sum(bool(s.twin_errors) for s in scores), sum(bool(s.twin_other) for s in scores),
+                  sum(bool(s.twin_errors) for s in scores), sum(bool(s.twin_warnings) for s in scores),
+                  sum(bool(s.twin_hints) for s in scores),
                   statistics.median(steps) if steps else None, len(named), sum(bool(s.line_ok) for s in named),
                   sum(s.wall_bug + s.wall_twin for s in scores), sum(bool(s.error) for s in scores))

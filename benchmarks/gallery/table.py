@@ -1,11 +1,11 @@
 """The gallery's tables, in Markdown (docs/benchmark.md) and as plain text for the terminal.
 
     >>> from benchmarks.gallery.score import CaseScore, totals
-    >>> s = CaseScore("model/x", "traindoc", 1, 1, True, 0, [], [], 3.0, 2.5, ["batch-mixing:error"])
+    >>> s = CaseScore("model/x", "traindoc", 1, 1, True, 0, [], [], [], 3.0, 2.5, ["batch-mixing:error"])
     >>> print(summary_table({"traindoc": totals([s])}, {"traindoc": "0.1"}))
-    | tool | version | recall (expected ids) | bugs fully diagnosed | false errors on healthy twins | other findings on twins | median steps to detect | bug line named | not run | wall time |
-    |---|---|---|---|---|---|---|---|---|---|
-    | traindoc | 0.1 | **100%** (1/1) | 1/1 | 0/1 | 0/1 | 0 | 1/1 | 0 | 6 s |
+    | tool | version | recall (expected ids) | bugs fully diagnosed | false errors on healthy twins | twins with a warning | twins with a hint | median steps to detect | bug line named | not run | wall time |
+    |---|---|---|---|---|---|---|---|---|---|---|
+    | traindoc | 0.1 | **100%** (1/1) | 1/1 | 0/1 | 0/1 | 0/1 | 0 | 1/1 | 0 | 6 s |
 """
 
 from __future__ import annotations
@@ -22,13 +22,14 @@ def _pct(a: int, b: int) -> str:
 
 def summary_table(all_totals: Mapping[str, Totals], versions: Mapping[str, str]) -> str:
     head = ("| tool | version | recall (expected ids) | bugs fully diagnosed | false errors on healthy twins | "
-            "other findings on twins | median steps to detect | bug line named | not run | wall time |")
-    rows = [head, "|" + "---|" * 10]
+            "twins with a warning | twins with a hint | median steps to detect | bug line named | not run | wall time |")
+    rows = [head, "|" + "---|" * 11]
     for tool, t in all_totals.items():
         step = "—" if t.median_step is None else f"{t.median_step:g}"
         lines = f"{t.lines_ok}/{t.lines_named}" if t.lines_named else "names no line"
         rows.append(f"| {tool} | {versions.get(tool, '')} | **{_pct(t.found, t.groups)}** ({t.found}/{t.groups}) | "
-                    f"{t.detected}/{t.cases} | {t.false_error_twins}/{t.cases} | {t.other_finding_twins}/{t.cases} | "
+                    f"{t.detected}/{t.cases} | {t.false_error_twins}/{t.cases} | {t.warning_twins}/{t.cases} | "
+                    f"{t.hint_twins}/{t.cases} | "
                     f"{step} | {lines} | {t.not_run} | {t.wall_s:.0f} s |")
     return "\n".join(rows)
 
@@ -59,8 +60,10 @@ def case_table(cases: Sequence[Case], scores: Mapping[str, Mapping[str, CaseScor
         line = {None: "—", True: "✓", False: "✗"}[s.line_ok]
         step = "—" if s.step is None else str(s.step)
         twin = ", ".join(f"**{e}** (error)" for e in s.twin_errors) or "clean"
-        if s.twin_other:
-            twin += " · " + ", ".join(s.twin_other)
+        if s.twin_warnings:
+            twin += " · " + ", ".join(f"{w} (warning)" for w in s.twin_warnings)
+        if s.twin_hints:
+            twin += " · " + ", ".join(f"{h} (hint)" for h in s.twin_hints)
         row = (f"| [{case.name}](../benchmarks/gallery/cases/{case.name}.py) | {expect} | {found} | {line} | {step} "
                f"| {twin} | {s.wall_bug:.0f}/{s.wall_twin:.0f} |")
         row += "".join(f" {_cell(scores.get(p, {}).get(case.name))} |" for p in peers)

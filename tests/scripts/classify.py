@@ -15,6 +15,8 @@ x = torch.randn(256, 16)
 y = (x[:, 0] > 0).long() + 2 * (x[:, 1] > 0).long()
 if "label" in BUGS:
     y[7] = 4  # a label outside the model's 4 classes
+if "eval" in BUGS:
+    model.eval()  # trained in eval mode from the start (never model.train())
 for step in range(40):
     i = torch.arange(32) + (step * 32) % 224
     logits = model(x[i])

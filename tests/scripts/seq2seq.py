@@ -1,4 +1,5 @@
-"""nn.Transformer fed (batch, time, features) tensors; with "bug" it keeps batch_first=False."""
+"""nn.Transformer fed (batch, time, features) tensors; with "bug" it keeps batch_first=False; with
+"nomask" its decoder gets no causal mask."""
 
 import sys
 
@@ -9,6 +10,7 @@ import torch.nn.functional as F
 torch.manual_seed(0)
 torch.set_num_threads(1)
 BUG = "bug" in sys.argv[1:]
+NOMASK = "nomask" in sys.argv[1:]
 V, E, T, B = 20, 32, 8, 8
 
 
@@ -20,8 +22,8 @@ class Copy(nn.Module):
         self.out = nn.Linear(E, V)
 
     def forward(self, src, tgt):
-        mask = nn.Transformer.generate_square_subsequent_mask(tgt.shape[1])
-        h = self.tf(self.emb(src), self.emb(tgt), tgt_mask=mask, tgt_is_causal=True)
+        mask = None if NOMASK else nn.Transformer.generate_square_subsequent_mask(tgt.shape[1])
+        h = self.tf(self.emb(src), self.emb(tgt), tgt_mask=mask, tgt_is_causal=not NOMASK)
         return self.out(h)
 
 

@@ -24,12 +24,16 @@ as the caller set it), with global hooks that do not change what it computes:
   and deep copies of the model and the optimizer with the parameter values and optimizer state they
   had before the optimizer's first update. The window is the optimizer's first step (from the first
   top-level module call of the script), or its second step for an optimizer that starts after another
-  one. `Batch.replay` re-runs the recorded operations on new outputs: it is the script's own loss
-  function, so a peer can be given the loss exactly as the script computes it.
+  one. When the parameters an optimizer updates, or those of its model, change (a head replaced, a
+  param group added: a new training phase with the same optimizer), its batch is captured again in the
+  next step, with the values before the first update of that phase. `Batch.replay` re-runs the
+  recorded operations on new outputs: it is the script's own loss function, so a peer can be given the
+  loss exactly as the script computes it.
 
-The peer's module (``INPROC[PEER]``) plugs into this process through `Harness.on_row`,
-`Harness.on_batch` and its ``finish(harness, error)``, whose JSON-able result is written to OUT.json with
-the logs. Every hook is disabled while a peer's own code runs (``harness.suspended``).
+The peer's module (``INPROC[PEER]``) plugs into this process: its ``setup(harness)`` adds callbacks to
+``harness.row_callbacks`` (called after each optimizer step with its `OptRecord`) and
+``harness.batch_callbacks`` (called with each `Batch`), and its ``finish(harness, state, error)`` returns
+the JSON-able payload written to OUT.json with the logs (`Harness.result`). Every hook is disabled while a peer's own code runs (``harness.suspended``).
 
 An optimizer "starts" at its first step. The optimizers still stepping after the last one started
 (``active`` in the output) are the run's final training phase: a script that pre-trains a model and then
@@ -246,6 +250,10 @@ class Batch:
     """Indices of the nodes between the call's outputs and the loss, in order."""
     copied: bool = True
     note: str = ""
+    source: nn.Module | None = None
+    """The live module `model` is a copy of."""
+    phase: int = 0
+    """The optimizer's phase (`OptRecord.phase`) the batch belongs to."""
 
     def replay(self, outputs: Any, upto: Key | None = None) -> Any:
         """The script's operations from the call's ``outputs`` to the loss (or to ``upto``)."""
@@ -312,6 +320,9 @@ class OptRecord:
     """The norm ``clip_grad_norm_`` returned in this step (None: not called)."""
     model: nn.Module | None = None
     """The live top-level module that owns most of the optimizer's parameters (None: none seen)."""
+    signature: tuple[tuple[int, ...], tuple[int, ...]] | None = None
+    phase: int = 0
+    """How many times its parameters or its model's parameters changed (`Harness._pre_step`)."""
     initial: dict[int, torch.Tensor] | None = None
     """The values of its parameters before its first update, by id of the parameter."""
     initial_state: dict[str, Any] | None = None
@@ -350,6 +361,8 @@ def _copy_pair(modules: list[nn.Module], opt: torch.optim.Optimizer
 
 
 class Harness:
+    """The hooks of one script run (see the module's docstring); ``trace`` captures `Batch` es."""
+
     def __init__(self, trace: bool):
         self.trace = trace
         self.suspended = False
@@ -512,8 +525,27 @@ class Harness:
                 rec.initial_state = None
 
     def _pre_step(self, opt: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
-        if not self.suspended:
-            self._record(opt)
+        if self.suspended:
+            return
+        rec = self._record(opt)
+        if self.trace and rec.model is not None:
+            signature = self._signature(rec)
+            if rec.signature is None:
+                rec.signature = signature
+            elif signature != rec.signature:
+                # a new phase with the same optimizer (a head replaced, a param group added): its batch
+                # is captured again, from the values before this step's update
+                rec.signature = signature
+                rec.phase += 1
+                self._snapshot(rec)
+                if rec.index not in self.armed and not (self.tracer is not None and self.window_for == rec.index):
+                    self.armed.append(rec.index)
+
+    @staticmethod
+    def _signature(rec: OptRecord) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """Which tensors the optimizer updates and which parameters its model has."""
+        assert rec.model is not None
+        return tuple(id(p) for p in rec.params()), tuple(id(p) for p in rec.model.parameters())
 
     def _post_step(self, opt: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
         if self.suspended:
@@ -559,7 +591,7 @@ class Harness:
         return math.sqrt(total) if seen else math.nan
 
     def _batch(self, rec: OptRecord, tracer: Tracer) -> Batch:
-        batch = Batch(optimizer=rec.optimizer, model=None, copied=False)
+        batch = Batch(optimizer=rec.optimizer, model=None, copied=False, phase=rec.phase)
         loss = tracer.loss
         key = tracer.taint.get(id(loss)) if loss is not None else None
         call_index: int | None = None
@@ -583,7 +615,7 @@ class Harness:
         if call_index is None:
             return batch
         call = tracer.calls[call_index]
-        batch.args, batch.kwargs, batch.model = call.args, call.kwargs, call.module
+        batch.args, batch.kwargs, batch.model, batch.source = call.args, call.kwargs, call.module, call.module
         with self.peer_code():
             try:
                 (model,), opt = _copy_pair([call.module], rec.optimizer)

@@ -31,11 +31,17 @@ Inputs are passed as the script passed them: one tensor as is, several positiona
 tuple, keyword arguments as a dict (positional and keyword ones: all by name in a dict when the
 model's ``forward`` signature allows it, else through ``forward_fn``/``eval_forward_fn``). For a
 Hugging Face encoder-decoder model, ``decoder_input_ids`` from the labels are added to the inputs
-(``model.prepare_decoder_input_ids_from_labels``): its eval passes cannot run without them. Everything else
+(``model.prepare_decoder_input_ids_from_labels``): its eval passes cannot run without them. When the
+input tensors disagree on their first dimension and agree on their second (a sequence-first RNN's
+``(T, B)`` tokens and ``(layers, B, H)`` state), ``batch_dim=1``, as the README says for
+sequence-first tensors; a single sequence-first input cannot be told from a batch-first one and keeps
+the default ``batch_dim=0``. Everything else
 is left at torchtest2's defaults (200 overfitting steps, seed 0, no ``frozen``, no ``output_range``).
 
 Which report counts. The reports of the optimizers of the run's final training phase (a script that
-pre-trains and then fine-tunes is checked on the fine-tuning; a GAN on both of its optimizers).
+pre-trains and then fine-tunes is checked on the fine-tuning; a GAN on both of its optimizers); for an
+optimizer whose parameters or model changed during the run (a head replaced, a param group added), the
+check of its last phase.
 ``step`` is 0: torchtest2 answers before training.
 
 Mapping (check, status [, message]) -> catalog ids. torchtest2 names parameters, never a line.
@@ -125,12 +131,13 @@ def setup(harness: Any) -> dict[str, Any]:
     state: dict[str, Any] = {"reports": {}, "checked": {}}
 
     def on_batch(rec: Any, batch: Any) -> None:
-        key = frozenset(id(p) for p in rec.params())
+        model = batch.source.parameters() if batch.source is not None else ()
+        key = (frozenset(id(p) for p in rec.params()), frozenset(id(p) for p in model))
         if key in state["checked"]:  # an optimizer re-created over the same parameters: same check
             state["reports"][str(rec.index)] = {**state["reports"][state["checked"][key]], "same_as":
-                                                state["checked"][key]}
+                                                state["checked"][key], "phase": batch.phase}
         else:
-            state["reports"][str(rec.index)] = _check(batch)
+            state["reports"][str(rec.index)] = {**_check(batch), "phase": batch.phase}
             state["checked"][key] = str(rec.index)
         harness.write_partial(NAME, state_payload(state))
 
@@ -233,6 +240,7 @@ def _named(model: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
 def plan(batch: Any) -> tuple[dict[str, Any], str]:
     """The arguments of ``check_model`` for ``batch`` and how they were chosen (one line)."""
     import torch
+    from benchmarks.gallery.peers._harness import leaves
 
     model = batch.model
     args, kwargs = _named(model, batch.args, dict(batch.kwargs))
@@ -252,6 +260,12 @@ def plan(batch: Any) -> tuple[dict[str, Any], str]:
     else:
         call["inputs"] = tuple(args)
         how.append(f"inputs=tuple of {len(args)}")
+    tensors = [t for _, t in leaves(call["inputs"])]
+    if len(tensors) > 1 and all(t.ndim >= 2 for t in tensors) and len({t.shape[0] for t in tensors}) > 1 \
+            and len({t.shape[1] for t in tensors}) == 1:
+        # sequence-first inputs (an RNN's (T, B) tokens and (L, B, H) state): the README's batch_dim=1
+        call["batch_dim"] = 1
+        how.append("batch_dim=1")
     if batch.loss_key is None:
         how.append("no loss (random projection): " + (batch.note or "no loss found"))
         return call, "; ".join(how)

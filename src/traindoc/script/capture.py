@@ -84,6 +84,9 @@ class Seen:
     """What the script did, with the lines that did it."""
 
     model_call: ModelCall | None = None
+    eval_call: ModelCall | None = None
+    """The last call of a module with parameters in eval mode with gradients on: the model, when it is
+    trained without ever being put in training mode (a checkpoint loaded in eval mode)."""
     loss_call: LossCall | None = None
     loss: torch.Tensor | None = None
     loss_is_last_call: bool = False
@@ -295,7 +298,12 @@ class Capture:
             self._pending = None
             # a module without parameters (`criterion = nn.CrossEntropyLoss()`, called after the model) is
             # not a model being trained: it must not take the model call's place
-            if not module.training or next(module.parameters(), None) is None:
+            if next(module.parameters(), None) is None:
+                return
+            if not module.training:
+                if torch.is_grad_enabled():
+                    self.seen.eval_call = ModelCall(module, args, dict(kwargs), location,
+                                                    output_loss(output)[0] is not None)
                 return
             if torch.is_grad_enabled():
                 returns_loss = output_loss(output)[0] is not None
@@ -409,7 +417,10 @@ class Capture:
             self.seen.lines.setdefault("loss", call.location)
 
     def _created(self, kind: str, obj: Any) -> None:
-        self.seen.created.setdefault(kind, []).append((_ref(obj), self._where()))
+        # a scheduler is held (it is small) so that its plan can be judged after the script's end, when
+        # the script's globals are gone (`traindoc.script.schedules`); the rest weakly
+        ref = (lambda: obj) if kind == "scheduler" else _ref(obj)
+        self.seen.created.setdefault(kind, []).append((ref, self._where()))
 
     def _scale_wrapper(self, original: Callable[..., Any]) -> Callable[..., Any]:
         """AMP: ``scaler.scale(loss).backward()`` backpropagates the scaled loss; remember which loss it

@@ -44,6 +44,7 @@ from traindoc.script.distributed import (
     wrapper_of,
 )
 from traindoc.script.frames import Location, setting_line, user_location
+from traindoc.script.schedules import plan_findings
 from traindoc.script.trial import TrialRun
 from traindoc.setup import named_tensors
 
@@ -150,6 +151,9 @@ def location_of(finding: Finding, seen: Seen, optimizer: Any = None) -> Location
         kinds = ("created:ddp", *kinds)  # the accelerator.prepare(...) call the DataLoader is missing from
     if finding.id == "double-softmax" and not finding.evidence.get("softmax_modules"):
         kinds = kinds[1:]  # a softmax computed in forward (F.softmax), not by an nn.Softmax layer
+    stepped = seen.first_line("scheduler_step")
+    if finding.id == "scheduler-misuse" and stepped is not None and ".step(" not in stepped.text:
+        kinds = ("created:scheduler", *kinds)  # a framework steps it (Lightning): the fix is where it is built
     for kind in kinds:
         if kind.startswith("created:"):
             loc = seen.created_line(kind[8:], optimizer if kind == "created:optimizer" else None)
@@ -432,9 +436,16 @@ class Session:
     # ------------------------------------------------------------------ the first step
     def _first_step(self, optimizer: torch.optim.Optimizer) -> bool:
         seen = self.capture.seen
-        call = seen.model_call
         held = {id(p) for g in optimizer.param_groups for p in g["params"]}
-        if call is None or not any(id(p) in held for p in call.module.parameters()):
+
+        def trained(c: ModelCall | None) -> bool:
+            return c is not None and any(id(p) in held for p in c.module.parameters())
+
+        call = seen.model_call
+        if not trained(call):
+            # never called in training mode: a model trained in eval mode (the train-mode-off monitor says so)
+            call = seen.eval_call if trained(seen.eval_call) and self._tries + 1 >= START_TRIES else None
+        if call is None:
             return False
         self.capture.narrow_to(call.module)
         model, batch, forward = replay_of(call)
@@ -495,6 +506,8 @@ class Session:
             findings.append(self.bypassed)
         found_at = {(f.id, f.title): self.doctor_step for f in findings}
         findings += set_epoch_findings(self.capture.seen)
+        if self.optimizer is not None and error is None:
+            findings += plan_findings(self._schedulers(), self.steps)
         if self.watch is not None:
             watched = self.watch.close()
             proved = {f.id for f in findings if f.severity == "error"}  # the doctor's, on the first batch
