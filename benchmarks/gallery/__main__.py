@@ -56,7 +56,9 @@ def _peer_runner(peer) -> Callable[[Case, bool], Outcome]:
             r = peer.run(case.path, fixed, case.run_options, 180.0)
         except Exception as e:  # the adapter's own failure: the peer is scored as not run on this case
             return Outcome(peer.name, [], time.perf_counter() - t0, f"adapter failed: {type(e).__name__}: {e}")
-        return Outcome(peer.name, [Reported(i, "flag", r.line, r.step) for i in r.ids], r.wall_s, r.error)
+        steps = getattr(r, "id_steps", None) or {}
+        return Outcome(peer.name, [Reported(i, "flag", r.line, steps.get(i, r.step)) for i in r.ids], r.wall_s,
+                       r.error)
     return run
 
 
@@ -129,11 +131,15 @@ def main(argv: list[str] | None = None) -> int:
         tool: {c.name: score_case(c, outcomes[(tool, c.name, False)], outcomes[(tool, c.name, True)])
                for c in cases} for tool in tools}
     all_totals = {tool: totals(list(scores[tool].values())) for tool in tools}
+    runs_wall = sum(o.wall_s for o in outcomes.values())
+    made = f"{len(jobs)} runs now ({wall / 60:.1f} min, {args.jobs} at a time)"
+    if len(outcomes) > len(jobs):
+        made += f", {len(outcomes) - len(jobs)} taken from {args.reuse.name}"
     header = (f"{len(cases)} cases, each a buggy script and its healthy twin; {date.today().isoformat()}; "
-              f"torch {torch.__version__}, Python {platform.python_version()}, {platform.machine()}; "
-              f"{args.jobs} runs at a time, one thread each; {wall / 60:.1f} min in all")
+              f"torch {torch.__version__}, Python {platform.python_version()}, {platform.machine()}, one thread "
+              f"per run; {made}; the runs' wall times add up to {runs_wall / 60:.0f} min")
     summary = summary_table(all_totals, versions)
-    table = case_table(cases, scores, tools)
+    table = case_table(cases, scores, tools) if "traindoc" in scores else ""  # rows are keyed by traindoc's
     missed = misses(cases, scores.get("traindoc", {}))
     print(header + "\n\n" + summary + "\n\n" + table + "\n")
     if "traindoc" in scores:

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from benchmarks.gallery.runs import quiet_env
+
 REPO = Path(__file__).resolve().parents[3]
 DEFAULT_TIMEOUT = 120.0
 MULTIPROCESS = "multi-process case: not supported"
@@ -60,19 +62,19 @@ class Launch:
 
 def launch(peer: str, script: Path, fixed: bool, timeout: float) -> Launch:
     """Run ``script`` (with ``--fixed`` for its healthy twin) under `_harness` for ``peer``, in a
-    subprocess with OMP_NUM_THREADS=1, from the repository root; kill it after ``timeout`` seconds."""
+    subprocess with the environment of the gallery's traindoc runs (`runs.quiet_env`: one thread,
+    offline), in a temporary working directory as those runs are; kill it after ``timeout`` seconds."""
     with tempfile.TemporaryDirectory(prefix=f"peer-{peer}-") as tmp:
         out, log = Path(tmp) / "out.json", Path(tmp) / "log.txt"
         cmd = [sys.executable, "-m", "benchmarks.gallery.peers._harness", peer, str(out), str(Path(script).resolve())]
         if fixed:
             cmd.append("--fixed")
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
-               "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]),
-               "PYTHONUNBUFFERED": "1", "MPLBACKEND": "Agg"}
+        env = {**quiet_env(), "PYTHONUNBUFFERED": "1", "MPLBACKEND": "Agg",
+               "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
         t0 = time.perf_counter()
         timed_out = False
         with log.open("w") as fh:
-            proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT,
+            proc = subprocess.Popen(cmd, cwd=tmp, env=env, stdout=fh, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, start_new_session=True)
             try:
                 proc.wait(timeout=timeout)

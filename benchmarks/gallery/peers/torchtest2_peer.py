@@ -361,8 +361,9 @@ class TorchTest2Peer:
                 if r["status"] in ("FAIL", "WARN"):
                     messages.append(f"{r['status']}  {r['name']}  {r['message']}")
                     ids += [i for i in ids_for(r["name"], r["status"], r["message"]) if i not in ids]
-        if got.timed_out:
-            messages.append(got.error + " (after the checks above had run)" if reports else got.error)
+        if got.timed_out:  # the script did not end: which phase is its last is unknown; counted as failed
+            messages = [f"before the timeout: {m}" for m in messages]
+            return PeerResult([], None, None, got.wall_s, messages, got.error)
         error = ""
         if not reports:
             error = got.error or (no_step(got.data) if not got.data.get("global_steps") else
