@@ -99,6 +99,7 @@ class Seen:
     "model_no_grad" (a call of a model in training mode under ``torch.no_grad()``), "clip" (the first
     gradient clipping call)."""
     sampler_epochs: dict[int, tuple[Any, list[int]]] = field(default_factory=dict)
+    """Each DistributedSampler iterated: a weak reference and its epoch at each iteration's start."""
     attention_calls: list[tuple[str, Location]] = field(default_factory=list)
     """(class name, the script's line) of each attention module's first call, and of the first
     ``F.scaled_dot_product_attention`` call ("scaled_dot_product_attention"), in call order."""
@@ -113,7 +114,6 @@ class Seen:
                 if name in names:
                     return loc
         return self.attention_calls[0][1] if self.attention_calls else None
-    """Each DistributedSampler iterated: a weak reference and its epoch at each iteration's start."""
 
     def first_line(self, kind: str) -> Location | None:
         return self.lines.get(kind)
