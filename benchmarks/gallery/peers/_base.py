@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
 import json
 import os
 import signal
@@ -116,5 +118,20 @@ def multiprocess(run_options: list[str]) -> bool:
     return any(opt == "--nproc" or opt.startswith("--nproc=") for opt in run_options)
 
 
-def first_step(id_steps: dict[str, int]) -> int | None:
-    return min(id_steps.values()) if id_steps else None
+def cannot_run(run_options: list[str], *modules: str) -> PeerResult | None:
+    """The result of a peer that cannot run this case (a multi-process case, or a module it needs is not
+    installed), else None."""
+    if multiprocess(run_options):
+        return PeerResult([], None, None, 0.0, [], MULTIPROCESS)
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        return PeerResult([], None, None, 0.0, [], f"not installed: {', '.join(missing)}")
+    return None
+
+
+def installed_version(distribution: str) -> str:
+    """The installed version of a distribution, or "not installed"."""
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"

@@ -25,7 +25,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from benchmarks.gallery.peers._base import DEFAULT_TIMEOUT, MULTIPROCESS, PeerResult, launch, multiprocess
+from benchmarks.gallery.peers._base import DEFAULT_TIMEOUT, PeerResult, cannot_run, installed_version, launch
 
 TRACE = False
 NAME = "detect_anomaly"
@@ -93,17 +93,13 @@ class DetectAnomalyPeer:
 
     @property
     def version(self) -> str:
-        import importlib.metadata
-
-        try:
-            return "torch " + importlib.metadata.version("torch")
-        except importlib.metadata.PackageNotFoundError:
-            return "not installed"
+        return "torch " + installed_version("torch")
 
     def run(self, script: Path, fixed: bool, run_options: list[str], timeout: float = DEFAULT_TIMEOUT
             ) -> PeerResult:
-        if multiprocess(run_options):
-            return PeerResult([], None, None, 0.0, [], MULTIPROCESS)
+        refused = cannot_run(run_options)
+        if refused is not None:
+            return refused
         got = launch(NAME, script, fixed, timeout)
         if got.data is None or got.timed_out:
             return PeerResult([], None, None, got.wall_s, [], got.error)

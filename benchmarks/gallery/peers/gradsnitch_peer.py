@@ -40,18 +40,16 @@ GS010  LR schedule collapsed early                   scheduler-misuse
 
 from __future__ import annotations
 
-import importlib.metadata
-import importlib.util
 from pathlib import Path
 from typing import Any
 
 from benchmarks.gallery.peers._base import (
     DEFAULT_TIMEOUT,
-    MULTIPROCESS,
     PeerResult,
     active_records,
+    cannot_run,
+    installed_version,
     launch,
-    multiprocess,
     no_step,
 )
 
@@ -142,17 +140,13 @@ class GradsnitchPeer:
 
     @property
     def version(self) -> str:
-        try:
-            return importlib.metadata.version("gradsnitch")
-        except importlib.metadata.PackageNotFoundError:
-            return "not installed"
+        return installed_version("gradsnitch")
 
     def run(self, script: Path, fixed: bool, run_options: list[str], timeout: float = DEFAULT_TIMEOUT
             ) -> PeerResult:
-        if multiprocess(run_options):
-            return PeerResult([], None, None, 0.0, [], MULTIPROCESS)
-        if importlib.util.find_spec("gradsnitch") is None or importlib.util.find_spec("pandas") is None:
-            return PeerResult([], None, None, 0.0, [], "gradsnitch (or pandas) is not installed")
+        refused = cannot_run(run_options, "gradsnitch", "pandas")
+        if refused is not None:
+            return refused
         got = launch(NAME, script, fixed, timeout)
         if got.data is None or got.timed_out:
             return PeerResult([], None, None, got.wall_s, [], got.error)

@@ -73,19 +73,17 @@ be kernel numerics), the loss check's other failures (not a scalar, a non-tensor
 
 from __future__ import annotations
 
-import importlib.metadata
-import importlib.util
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from benchmarks.gallery.peers._base import (
     DEFAULT_TIMEOUT,
-    MULTIPROCESS,
     PeerResult,
     active_records,
+    cannot_run,
+    installed_version,
     launch,
-    multiprocess,
     no_step,
 )
 
@@ -331,17 +329,13 @@ class TorchTest2Peer:
 
     @property
     def version(self) -> str:
-        try:
-            return importlib.metadata.version("torchtest2")
-        except importlib.metadata.PackageNotFoundError:
-            return "not installed"
+        return installed_version("torchtest2")
 
     def run(self, script: Path, fixed: bool, run_options: list[str], timeout: float = DEFAULT_TIMEOUT
             ) -> PeerResult:
-        if multiprocess(run_options):
-            return PeerResult([], None, None, 0.0, [], MULTIPROCESS)
-        if importlib.util.find_spec("torchtest2") is None:
-            return PeerResult([], None, None, 0.0, [], "torchtest2 is not installed")
+        refused = cannot_run(run_options, "torchtest2")
+        if refused is not None:
+            return refused
         got = launch(NAME, script, fixed, timeout)
         if got.data is None:
             return PeerResult([], None, None, got.wall_s, [], got.error)

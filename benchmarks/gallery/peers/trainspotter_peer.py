@@ -39,8 +39,6 @@ eval_noise    Eval metric too noisy                   (none)
 from __future__ import annotations
 
 import csv
-import importlib.metadata
-import importlib.util
 import math
 import tempfile
 import time
@@ -49,11 +47,11 @@ from typing import Any
 
 from benchmarks.gallery.peers._base import (
     DEFAULT_TIMEOUT,
-    MULTIPROCESS,
     PeerResult,
     active_records,
+    cannot_run,
+    installed_version,
     launch,
-    multiprocess,
     no_step,
 )
 
@@ -164,17 +162,13 @@ class TrainspotterPeer:
 
     @property
     def version(self) -> str:
-        try:
-            return importlib.metadata.version("trainspotter")
-        except importlib.metadata.PackageNotFoundError:
-            return "not installed"
+        return installed_version("trainspotter")
 
     def run(self, script: Path, fixed: bool, run_options: list[str], timeout: float = DEFAULT_TIMEOUT
             ) -> PeerResult:
-        if multiprocess(run_options):
-            return PeerResult([], None, None, 0.0, [], MULTIPROCESS)
-        if importlib.util.find_spec("trainspotter") is None:
-            return PeerResult([], None, None, 0.0, [], "trainspotter is not installed")
+        refused = cannot_run(run_options, "trainspotter")
+        if refused is not None:
+            return refused
         got = launch(NAME, script, fixed, timeout)
         if got.data is None or got.timed_out:
             return PeerResult([], None, None, got.wall_s, [], got.error)

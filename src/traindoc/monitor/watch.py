@@ -368,11 +368,7 @@ class Watch:
         held: list[str] = []
         moved: list[str] = []
         if layout.outside:
-            others: set[int] = set()
-            for ref in list(_OPEN.values()):
-                w = ref()
-                if w is not None and w is not self and not w.closed:
-                    others.update(id(p) for g in w.optimizer.param_groups for p in g["params"])
+            others = self._held_by_other_watches()
             held = [n for n, p in layout.outside if id(p) in others]
             if self.recorder.step:
                 moved = [n for n, unchanged in zip(layout.not_in_optimizer, self._outside_unchanged(), strict=True)
@@ -430,14 +426,19 @@ class Watch:
                       unmoved_outside_numel=sum(p.numel() for _, p in stuck), unmoved_with_grad=with_grad,
                       added_outside=[n for n, _ in added], added_with_grad=added_grad)
 
+    def _held_by_other_watches(self) -> set[int]:
+        """The ids of the parameters that the optimizers of the other open watches hold."""
+        held: set[int] = set()
+        for ref in list(_OPEN.values()):
+            w = ref()
+            if w is not None and w is not self and not w.closed:
+                held.update(id(p) for g in w.optimizer.param_groups for p in g["params"])
+        return held
+
     def _added_outside(self) -> list[tuple[str, torch.Tensor]]:
         """Trainable parameters the model gained since the start that no open watch's optimizer holds."""
         known = {id(p) for p in self.layout.params} | {id(p) for _, p in self.layout.outside}
-        held: set[int] = set()
-        for ref in [weakref.ref(self), *_OPEN.values()]:
-            w = ref()
-            if w is not None and (w is self or not w.closed):
-                held.update(id(p) for g in w.optimizer.param_groups for p in g["params"])
+        held = self._held_by_other_watches() | {id(p) for g in self.optimizer.param_groups for p in g["params"]}
         return [(n, p) for n, p in self.model.named_parameters()
                 if p.requires_grad and id(p) not in known and id(p) not in held]
 

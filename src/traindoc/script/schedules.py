@@ -36,12 +36,14 @@ from typing import Any
 
 from traindoc.findings import Finding
 
+_LENGTH_ATTRIBUTE = {"OneCycleLR": "total_steps", "LinearLR": "total_iters"}
+
 
 def planned_steps(scheduler: Any) -> int | None:
     """The number of steps the scheduler was built for, where it says (see the table above)."""
-    for attr in ("total_steps", "total_iters"):
-        if type(scheduler).__name__ in ("OneCycleLR", "LinearLR") and isinstance(getattr(scheduler, attr, None), int):
-            return getattr(scheduler, attr)
+    attr = _LENGTH_ATTRIBUTE.get(type(scheduler).__name__)
+    if attr is not None and isinstance(getattr(scheduler, attr, None), int):
+        return getattr(scheduler, attr)
     for fn in getattr(scheduler, "lr_lambdas", None) or []:
         n = (getattr(fn, "keywords", None) or {}).get("num_training_steps")
         if isinstance(n, int):
