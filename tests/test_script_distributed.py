@@ -196,3 +196,33 @@ def test_a_distributed_sampler_iterated_twice_at_one_epoch_is_found_and_set_epoc
     assert (f.id, f.severity, f.evidence["iterations"]) == ("ddp-set-epoch-missing", "warning", 2)
     assert epochs(True) == []
     assert epochs(False, shuffle=False) == []  # no shuffle: one order is what it asks for
+
+
+def test_a_loop_calling_a_part_of_the_wrapped_model_bypasses_ddp():
+    """``ddp.module.encoder(x)``: the model trained is a submodule of what DDP wraps; its wrapper is found
+    and the call is the bypass."""
+    from traindoc.script.capture import Seen
+    from traindoc.script.distributed import bypass_finding, wrapper_of
+
+    inner = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
+    wrapper = torch.nn.Module()
+    wrapper.module = inner  # what DistributedDataParallel holds
+    seen = Seen()
+    seen.created["ddp"] = [(lambda: wrapper, None)]
+    assert wrapper_of(inner[0], seen) is wrapper and wrapper_of(torch.nn.Linear(4, 4), seen) is None
+    assert bypass_finding(inner[0], inner[0], seen).id == "ddp-wrapper-bypassed"
+    assert bypass_finding(inner, wrapper, seen) is None  # the wrapper itself was called
+
+
+@pytest.mark.parametrize("declared", [True, False])
+def test_find_unused_parameters_declares_the_unused_ones(declared):
+    from traindoc.script.distributed import declared_unused
+
+    wrapper = torch.nn.Module()
+    wrapper.find_unused_parameters = declared
+    unused = Finding("no-grad-params", "error", "2 of 12 trainable parameters get no gradient from the loss",
+                     {"gradient": "None (not reached by the loss's graph)"})
+    zero = Finding("no-grad-params", "error", "all-zero gradient", {"gradient": "exactly zero everywhere"})
+    out = declared_unused([unused, zero], wrapper)
+    assert [f.severity for f in out] == (["hint", "error"] if declared else ["error", "error"])
+    assert declared_unused([unused], None) == [unused]

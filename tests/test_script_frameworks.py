@@ -146,6 +146,8 @@ def test_lightning_healthy_runs_to_its_end_without_findings(runs):
 def test_lightning_healthy_the_doctor_and_the_monitor_ran(runs):
     _, data, _, _ = runs("lightning_mlp.py")
     assert "check" in data["info"] and "watch" in data["info"], data["info"].get("notes")
+    # Lightning backpropagates `loss / 1` (its accumulation count): the script's loss is still replayed
+    assert data["info"]["check"]["loss_from"] == "loss_fn"
 
 
 def test_lightning_head_only_optimizer_is_params_not_in_optimizer(runs):

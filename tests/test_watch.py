@@ -700,3 +700,30 @@ def test_a_tied_parameter_is_named_by_both_of_its_names(tmp_path):
         opt.step()
     meta = read_run(tmp_path / "all").meta
     assert meta["params"][0] == tied and meta["param_layers"][0] == "transformer.wte"
+
+
+@pytest.mark.parametrize("replace_head", [True, False])
+def test_a_head_replaced_after_the_optimizer_was_built_is_said_at_close(tmp_path, replace_head):
+    """A first phase trains model[2]; then a new head takes its place while the old optimizer is kept:
+    the new head's parameters are in no param group (a warning: not fingerprinted at the start)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    x, y = torch.randn(64, 8), torch.randint(0, 3, (64,))
+    w = traindoc.watch(model, opt, run_dir=tmp_path / "run", quiet=True, tensorboard=False)
+    for step in range(12):
+        if step == 6 and replace_head:
+            model[2] = nn.Linear(16, 3)
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        w.log(loss=loss)
+        opt.step()
+    report = w.close()
+    found = report.get("params-not-in-optimizer")
+    if not replace_head:
+        assert found == []
+        return
+    (f,) = found
+    assert f.severity == "warning" and f.evidence["added_after_start"]
+    assert f.evidence["parameters"] == ["2.weight", "2.bias"] and f.evidence["receiving_gradients"] == ["2.weight", "2.bias"]

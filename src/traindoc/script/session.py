@@ -507,7 +507,10 @@ class Session:
         found_at = {(f.id, f.title): self.doctor_step for f in findings}
         findings += set_epoch_findings(self.capture.seen)
         if self.optimizer is not None and error is None:
-            findings += plan_findings(self._schedulers(), self.steps)
+            try:
+                findings += plan_findings(self._schedulers(), self.steps)
+            except Exception as e:  # a scheduler traindoc cannot read: the run's report still comes
+                findings.append(internal_failure("traindoc run (the schedule's plan)", f"{type(e).__name__}: {e}"))
         if self.watch is not None:
             watched = self.watch.close()
             proved = {f.id for f in findings if f.severity == "error"}  # the doctor's, on the first batch
